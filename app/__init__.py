@@ -1,0 +1,1 @@
+"""The LSRCNN upscaling service (FastAPI + ONNX Runtime; no torch on this side)."""

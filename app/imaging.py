@@ -1,0 +1,190 @@
+"""Image in and out: decode with limits, orientation, split into Y / CbCr / alpha, rejoin, encode.
+
+Colour follows the model contract: Y is BT.601 studio-range luma of 8-bit RGB. The model
+upscales Y; Cb, Cr and alpha are upscaled with Pillow's bicubic on float planes.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow saves these; anything else answers in PNG.
+WRITABLE = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+
+
+class ImageError(Exception):
+    """A request's image is unusable; `status` says how (400, 413, 415, 422)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Decoded:
+    image: Image.Image  # oriented, mode one of RGB, RGBA, L, LA, I;16
+    format: str | None  # the input's format, lower case (png, jpeg, webp, ...)
+    icc_profile: bytes | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Decoded:
+    """Open, check size limits from the header alone, then load and orient."""
+    if not data:
+        raise ImageError(400, "empty body: send the image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as err:
+        raise ImageError(415, "not an image Pillow can read") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(413, "image has too many pixels") from err
+    except Exception as err:
+        raise ImageError(400, "corrupt image") from err
+    w, h = img.size  # from the header: nothing big allocated yet
+    if w * h > max_pixels:
+        raise ImageError(413, f"image has {w * h} pixels; the limit is {max_pixels}")
+    if w * h * scale * scale > max_output_pixels:
+        raise ImageError(413, f"output would have {w * h * scale * scale} pixels; "
+                              f"the limit is {max_output_pixels}")
+    fmt = (img.format or "").lower() or None
+    icc = img.info.get("icc_profile")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _normalise_mode(img)
+    except ImageError:
+        raise
+    except Exception as err:
+        raise ImageError(400, "corrupt or truncated image") from err
+    return Decoded(img, fmt, icc)
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "L", "LA"):
+        return img
+    if mode in SIXTEEN_BIT_MODES:
+        # 16-bit grayscale; a 32-bit 'I' image from a 16-bit PNG keeps 0..65535.
+        return img if mode == "I;16" else img.convert("I").point(lambda v: v).convert("I;16")
+    if mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if mode == "PA":
+        return img.convert("RGBA")
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa"):
+        return img.convert("RGB")
+    if mode == "La":
+        return img.convert("LA")
+    raise ImageError(415, f"unsupported image mode {mode}")
+
+
+@dataclass
+class Planes:
+    """Float32 planes on the 0..255 scale (16-bit input is mapped onto it too)."""
+
+    y: np.ndarray
+    cb: np.ndarray | None  # None for grayscale
+    cr: np.ndarray | None
+    alpha: np.ndarray | None
+    mode: str  # the mode to rebuild
+
+
+def _rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    return y, cb, cr
+
+
+def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    y, cb, cr = y - 16.0, cb - 128.0, cr - 128.0
+    r = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.402 * cr
+    g = 255.0 / 219.0 * y - 255.0 / 224.0 * (1.772 * 0.114 / 0.587 * cb + 1.402 * 0.299 / 0.587 * cr)
+    b = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.772 * cb
+    return np.stack([r, g, b], axis=-1)
+
+
+def gray_to_y(v: np.ndarray, peak: float) -> np.ndarray:
+    """Luma of a gray pixel (R = G = B = v), studio range."""
+    return 16.0 + 219.0 * v.astype(np.float32) / peak
+
+
+def y_to_gray(y: np.ndarray, peak: float) -> np.ndarray:
+    return (y - 16.0) * (peak / 219.0)
+
+
+def split(img: Image.Image) -> Planes:
+    mode = img.mode
+    arr = np.asarray(img)
+    alpha = arr[..., -1].astype(np.float32) if mode in ("RGBA", "LA") else None
+    if mode in ("RGB", "RGBA"):
+        y, cb, cr = _rgb_to_ycbcr(arr[..., :3])
+        return Planes(y, cb, cr, alpha, mode)
+    if mode == "I;16":
+        return Planes(gray_to_y(arr, 65535.0), None, None, None, mode)
+    gray = arr[..., 0] if mode == "LA" else arr
+    return Planes(gray_to_y(gray, 255.0), None, None, alpha, mode)
+
+
+def resize_plane(plane: np.ndarray, scale: int) -> np.ndarray:
+    """Bicubic upscale of a float plane with Pillow (mode F keeps full precision)."""
+    h, w = plane.shape
+    img = Image.fromarray(plane.astype(np.float32, copy=False), mode="F")
+    return np.asarray(img.resize((w * scale, h * scale), Image.BICUBIC))
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def join(y: np.ndarray, planes: Planes, scale: int) -> Image.Image:
+    """Rebuild an image of the input's mode from the upscaled Y and bicubic colour/alpha."""
+    mode = planes.mode
+    if mode == "I;16":
+        gray = np.clip(np.rint(y_to_gray(y, 65535.0)), 0, 65535).astype(np.uint16)
+        return Image.fromarray(gray, mode="I;16")
+    if planes.cb is None:
+        gray = _to_uint8(y_to_gray(y, 255.0))
+        if planes.alpha is None:
+            return Image.fromarray(gray, mode="L")
+        a = _to_uint8(resize_plane(planes.alpha, scale))
+        return Image.fromarray(np.stack([gray, a], axis=-1), mode="LA")
+    rgb = _to_uint8(_ycbcr_to_rgb(y, resize_plane(planes.cb, scale), resize_plane(planes.cr, scale)))
+    if planes.alpha is None:
+        return Image.fromarray(rgb, mode="RGB")
+    a = _to_uint8(resize_plane(planes.alpha, scale))
+    return Image.fromarray(np.concatenate([rgb, a[..., None]], axis=-1), mode="RGBA")
+
+
+def output_format(requested: str | None, input_format: str | None) -> str:
+    if requested:
+        return requested
+    return input_format if input_format in WRITABLE else "png"
+
+
+def encode(img: Image.Image, fmt: str, quality: int, icc: bytes | None,
+           png_compress_level: int = 6) -> bytes:
+    if fmt == "jpeg" and img.mode in ("RGBA", "LA"):
+        raise ImageError(422, "JPEG cannot hold an alpha channel; ask for png or webp")
+    if fmt != "png" and img.mode == "I;16":
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), "L")
+    buf = io.BytesIO()
+    opts: dict = {"icc_profile": icc} if icc else {}
+    if fmt == "png":
+        opts["compress_level"] = png_compress_level
+    else:
+        opts["quality"] = quality
+    img.save(buf, format=WRITABLE[fmt], **opts)
+    return buf.getvalue()

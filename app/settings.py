@@ -1,0 +1,55 @@
+"""One typed settings object, read from LSRCNN_* environment variables (or passed in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LSRCNN_", env_file=None)
+
+    # Models
+    model_dir: Path = Field(BUNDLED_MODELS, description="folder of *.onnx models")
+    default_scale: int = Field(2, description="scale used when a request names none")
+    preset: str = Field("auto", description="preset where several files serve one scale: "
+                        "auto = lsrcnn on the GPU, lsrcnn-lite on the CPU")
+    # Execution
+    providers: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA if really active, else CPU; cuda: required (not ready "
+        "without it); cpu: CPU only")
+    device_id: int = Field(0, description="CUDA device index")
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = all cores)")
+    # Tiling and batching
+    tile_size: int = Field(96, ge=16, description="LR tile side fed to the model")
+    tile_overlap: int = Field(12, ge=0, description="LR context pixels kept around each tile core")
+    max_batch_size: int = Field(16, ge=1, description="tiles per model call")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a tile waits for a batch to fill")
+    queue_limit: int = Field(2048, ge=1, description="tiles waiting, per model; beyond: 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="deadline per request; beyond: 504")
+    # Limits
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="request body limit (413)")
+    max_input_pixels: int = Field(16_000_000, description="input pixel limit (413)")
+    max_output_pixels: int = Field(64_000_000, description="output pixel limit (413)")
+    # Output
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG output")
+    # Server
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in the container)")
+    port: int = Field(8000, description="bind port")
+    graceful_timeout_s: int = Field(20, description="on SIGTERM, time for in-flight requests")
+    log_level: str = Field("info", description="log level")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(env variable, default, meaning) rows for the README's settings table."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            default = field.default
+            if name == "model_dir":
+                default = "model/weights (bundled)"
+            rows.append((f"LSRCNN_{name.upper()}", str(default), field.description or ""))
+        return rows

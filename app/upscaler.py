@@ -1,0 +1,118 @@
+"""The upscaling pipeline: decode -> tiles -> shared batcher -> merge -> encode.
+
+Owns the engine and one batcher per scale; knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app import imaging, tiling
+from app.batcher import Batcher, BatchRecord
+from app.engine import Engine
+from app.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger("app.upscaler")
+
+
+@dataclass
+class Result:
+    body: bytes
+    media_type: str
+    width: int
+    height: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    tiles: int = 0
+
+
+class Upscaler:
+    def __init__(self, settings: Settings, metrics: Metrics, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = engine or Engine(settings)
+        self.batchers: dict[int, Batcher] = {}
+        self.ready = False
+        self.reason = "models loading"
+
+    @property
+    def scales(self) -> list[int]:
+        return sorted(self.batchers)
+
+    async def start(self) -> None:
+        """Load and warm every model, then start batching. Failures leave us not ready."""
+        s = self.settings
+        try:
+            await asyncio.to_thread(self.engine.load)
+            self.reason = "models warming up"
+            await asyncio.to_thread(self.engine.warm_up, s.tile_size, s.max_batch_size)
+        except Exception as err:
+            self.reason = f"model load failed: {err}"
+            log.exception("model load failed")
+            return
+        for scale in self.engine.scales:
+            info = self.engine.models[scale]
+            self.metrics.model_info.labels(str(scale), info.preset, info.provider).set(1)
+            batcher = Batcher(
+                lambda x, scale=scale: self.engine.run(scale, x),
+                max_batch=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
+                queue_limit=s.queue_limit, name=f"x{scale}",
+                on_batch=lambda rec, scale=scale: self._record_batch(scale, rec),
+                on_depth=lambda d, scale=scale: self.metrics.queue_depth.labels(str(scale)).set(d),
+            )
+            batcher.start()
+            self.batchers[scale] = batcher
+        self.ready, self.reason = True, "ready"
+        log.info("ready: scales %s", self.scales)
+
+    async def stop(self) -> None:
+        self.ready, self.reason = False, "shutting down"
+        for batcher in self.batchers.values():
+            await batcher.stop()
+
+    def _record_batch(self, scale: int, rec: BatchRecord) -> None:
+        label = str(scale)
+        self.metrics.batch_size.labels(label).observe(rec.size)
+        self.metrics.inference_seconds.labels(label).observe(rec.seconds)
+        self.metrics.tiles.labels(label).inc(rec.size)
+
+    def _prepare(self, data: bytes, scale: int
+                 ) -> tuple[imaging.Decoded, imaging.Planes, tiling.TilePlan, np.ndarray]:
+        s = self.settings
+        decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
+        planes = imaging.split(decoded.image)
+        h, w = planes.y.shape
+        plan = tiling.plan_tiles(h, w, s.tile_size, s.tile_overlap)
+        return decoded, planes, plan, tiling.cut_tiles(planes.y / 255.0, plan)
+
+    def _finish(self, out_tiles: np.ndarray, decoded: imaging.Decoded, planes: imaging.Planes,
+                plan: tiling.TilePlan, scale: int, fmt: str, quality: int) -> bytes:
+        y = tiling.merge_tiles(out_tiles, plan, scale) * 255.0
+        image = imaging.join(y, planes, scale)
+        return imaging.encode(image, fmt, quality, decoded.icc_profile,
+                              self.settings.png_compress_level)
+
+    async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
+                      deadline: float) -> Result:
+        batcher = self.batchers[scale]
+        t0 = time.perf_counter()
+        decoded, planes, plan, tiles = await asyncio.to_thread(self._prepare, data, scale)
+        out_fmt = imaging.output_format(fmt, decoded.format)
+        t1 = time.perf_counter()
+        out_tiles, stats = await batcher.submit(tiles, deadline)
+        t2 = time.perf_counter()
+        body = await asyncio.to_thread(self._finish, out_tiles, decoded, planes, plan, scale,
+                                       out_fmt, quality)
+        t3 = time.perf_counter()
+        inference = min(stats.inference_s, t2 - t1)
+        timings = {"decode": t1 - t0, "queue": (t2 - t1) - inference, "inference": inference,
+                   "encode": t3 - t2}
+        self.metrics.queue_seconds.labels(str(scale)).observe(timings["queue"])
+        self.metrics.output_pixels.labels(str(scale)).inc(plan.height * plan.width * scale**2)
+        return Result(body, imaging.MEDIA_TYPES[out_fmt], plan.width * scale,
+                      plan.height * scale, timings, plan.count)

@@ -1,0 +1,94 @@
+"""Evaluate by the standard SR protocol: `python -m model.evaluate HR_DIR [HR_DIR ...] --scale 2
+--model a.onnx [b.onnx ...] [--json results.json]`.
+
+Rows: bicubic (Pillow) and each ONNX model; columns: PSNR / SSIM on BT.601 Y with a border of
+`scale` pixels shaved. Prints a markdown table; writes JSON when asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model.imaging import bicubic_down, bicubic_up, list_images, load_rgb, modcrop, y_of
+from model.metrics import psnr, quantize, ssim
+
+
+@dataclass
+class Score:
+    method: str
+    dataset: str
+    scale: int
+    psnr: float
+    ssim: float
+    images: int
+
+
+def onnx_scale(session: ort.InferenceSession) -> int:
+    return int(session.get_modelmeta().custom_metadata_map["scale"])
+
+
+def run_onnx(session: ort.InferenceSession, lr_y: np.ndarray) -> np.ndarray:
+    x = (lr_y / 255.0).astype(np.float32)[None, None]
+    return session.run(None, {session.get_inputs()[0].name: x})[0][0, 0].astype(np.float64) * 255.0
+
+
+def evaluate_folder(folder: str | Path, scale: int,
+                    models: dict[str, ort.InferenceSession] | None = None) -> list[Score]:
+    models = models or {}
+    per: dict[str, list[tuple[float, float]]] = {"bicubic": [], **{m: [] for m in models}}
+    for path in list_images(folder):
+        hr = modcrop(load_rgb(path), scale)
+        lr = bicubic_down(hr, scale)
+        hr_y = y_of(hr)
+        outputs = {"bicubic": quantize(y_of(bicubic_up(lr, scale)))}
+        for name, session in models.items():
+            outputs[name] = quantize(run_onnx(session, y_of(lr)))
+        for name, sr in outputs.items():
+            per[name].append((psnr(sr, hr_y, scale), ssim(sr, hr_y, scale)))
+    dataset = Path(folder).name
+    return [Score(name, dataset, scale, float(np.mean([p for p, _ in v])),
+                  float(np.mean([s for _, s in v])), len(v)) for name, v in per.items()]
+
+
+def markdown(scores: list[Score]) -> str:
+    datasets = list(dict.fromkeys(s.dataset for s in scores))
+    methods = list(dict.fromkeys(s.method for s in scores))
+    scale = scores[0].scale
+    lines = [f"| x{scale} | " + " | ".join(datasets) + " |",
+             "|---|" + "---|" * len(datasets)]
+    for m in methods:
+        cells = []
+        for d in datasets:
+            hit = [s for s in scores if s.method == m and s.dataset == d]
+            cells.append(f"{hit[0].psnr:.2f} / {hit[0].ssim:.4f}" if hit else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("folders", nargs="+", help="folders of HR images (Set5, Set14, ...)")
+    p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
+    p.add_argument("--model", nargs="*", default=[], help="ONNX files of this scale")
+    p.add_argument("--json", default=None, help="also write the scores here")
+    args = p.parse_args(argv)
+    models = {}
+    for path in args.model:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        if onnx_scale(session) != args.scale:
+            p.error(f"{path} is a x{onnx_scale(session)} model, not x{args.scale}")
+        models[Path(path).stem] = session
+    scores = [s for folder in args.folders for s in evaluate_folder(folder, args.scale, models)]
+    print(markdown(scores))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

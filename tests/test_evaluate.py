@@ -1,0 +1,35 @@
+"""The evaluation protocol reproduces published bicubic figures; shipped models beat the floors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from model.evaluate import evaluate_folder, markdown, onnx_scale
+from tests.conftest import WEIGHTS
+
+PUBLISHED_BICUBIC_SET5 = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
+# Issue floors (about SRCNN's level), Set5 PSNR in dB.
+FLOORS_SET5 = {2: 36.6, 3: 32.6, 4: 30.3}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_bicubic_reproduces_published_set5(set5: Path, scale: int) -> None:
+    (score,) = evaluate_folder(set5, scale)
+    psnr, ssim = PUBLISHED_BICUBIC_SET5[scale]
+    assert score.images == 5
+    assert abs(score.psnr - psnr) <= 0.02
+    assert abs(score.ssim - ssim) <= 0.002
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_shipped_lite_model_meets_the_floor(set5: Path, scale: int) -> None:
+    path = WEIGHTS / f"lsrcnn-lite-x{scale}.onnx"
+    assert path.exists(), f"{path} is not shipped"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert onnx_scale(session) == scale
+    bicubic, model = evaluate_folder(set5, scale, {"lite": session})
+    assert model.psnr >= FLOORS_SET5[scale], markdown([bicubic, model])
+    assert model.ssim > bicubic.ssim
