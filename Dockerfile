@@ -9,7 +9,7 @@
 # CUDA 12.x + cuDNN 9.x; see the "Requirements" table of ONNX Runtime's CUDA execution provider):
 #   docker build -t lsrcnn:gpu --build-arg FLAVOR=gpu \
 #       --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 .
-#   docker run --gpus all -p 8000:8000 -e LSRCNN_PROVIDERS=cuda,cpu lsrcnn:gpu
+#   docker run --gpus all -p 8000:8000 -e LSRCNN_PROVIDERS=cuda lsrcnn:gpu
 #
 # Build args:
 #   BASE_IMAGE  base for both stages. Must be glibc based (Debian/Ubuntu) and have python3 >= 3.10;
@@ -81,12 +81,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LSRCNN_HOST=0.0.0.0 \
-    LSRCNN_PORT=8000 \
-    LSRCNN_FLAVOR=${FLAVOR}
+    LSRCNN_PORT=8000
 
 LABEL org.opencontainers.image.title="lsrcnn" \
       org.opencontainers.image.description="LSTM super-resolution upscaling HTTP service (ONNX Runtime)" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      lsrcnn.flavor="${FLAVOR}"
 
 USER 10001:10001
 WORKDIR /home/app
@@ -98,7 +98,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('LSRCNN_PORT', '8000'), timeout=4)"]
 
 # uvicorn handles SIGTERM: stops accepting, lets in-flight requests finish
-# (LSRCNN_GRACEFUL_TIMEOUT, default 20 s), then exits. Give `docker stop -t` / compose's
+# (LSRCNN_GRACEFUL_TIMEOUT_S, default 20 s), then exits. Give `docker stop -t` / compose's
 # stop_grace_period a few seconds more than that.
 STOPSIGNAL SIGTERM
 

@@ -9,6 +9,7 @@ A failed call fails every tile of that batch; the loop goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -89,10 +90,8 @@ class Batcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for item in self._items:
             if not item.future.done():

@@ -17,6 +17,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 WRITABLE = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+# Magic numbers of common image formats: such a body that fails to open is corrupt (400),
+# anything else is not an image (415).
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00",
+                    b"MM\x00*")
 
 
 class ImageError(Exception):
@@ -45,6 +49,8 @@ def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> 
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as err:
+        if data.startswith(IMAGE_SIGNATURES):  # looks like an image, does not decode
+            raise ImageError(400, "corrupt image") from err
         raise ImageError(415, "not an image Pillow can read") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(413, "image has too many pixels") from err
@@ -75,7 +81,9 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
         return img
     if mode in SIXTEEN_BIT_MODES:
         # 16-bit grayscale; a 32-bit 'I' image from a 16-bit PNG keeps 0..65535.
-        return img if mode == "I;16" else img.convert("I").point(lambda v: v).convert("I;16")
+        if mode == "I;16":
+            return img
+        return Image.fromarray(np.clip(np.asarray(img), 0, 65535).astype(np.uint16))
     if mode == "P":
         return img.convert("RGBA" if "transparency" in img.info else "RGB")
     if mode == "PA":
@@ -111,7 +119,8 @@ def _rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     y, cb, cr = y - 16.0, cb - 128.0, cr - 128.0
     r = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.402 * cr
-    g = 255.0 / 219.0 * y - 255.0 / 224.0 * (1.772 * 0.114 / 0.587 * cb + 1.402 * 0.299 / 0.587 * cr)
+    g = 255.0 / 219.0 * y - 255.0 / 224.0 * (
+        1.772 * 0.114 / 0.587 * cb + 1.402 * 0.299 / 0.587 * cr)
     b = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.772 * cb
     return np.stack([r, g, b], axis=-1)
 
@@ -141,7 +150,7 @@ def split(img: Image.Image) -> Planes:
 def resize_plane(plane: np.ndarray, scale: int) -> np.ndarray:
     """Bicubic upscale of a float plane with Pillow (mode F keeps full precision)."""
     h, w = plane.shape
-    img = Image.fromarray(plane.astype(np.float32, copy=False), mode="F")
+    img = Image.fromarray(plane.astype(np.float32, copy=False))
     return np.asarray(img.resize((w * scale, h * scale), Image.BICUBIC))
 
 
@@ -154,18 +163,19 @@ def join(y: np.ndarray, planes: Planes, scale: int) -> Image.Image:
     mode = planes.mode
     if mode == "I;16":
         gray = np.clip(np.rint(y_to_gray(y, 65535.0)), 0, 65535).astype(np.uint16)
-        return Image.fromarray(gray, mode="I;16")
+        return Image.fromarray(gray)
     if planes.cb is None:
         gray = _to_uint8(y_to_gray(y, 255.0))
         if planes.alpha is None:
-            return Image.fromarray(gray, mode="L")
+            return Image.fromarray(gray)
         a = _to_uint8(resize_plane(planes.alpha, scale))
-        return Image.fromarray(np.stack([gray, a], axis=-1), mode="LA")
-    rgb = _to_uint8(_ycbcr_to_rgb(y, resize_plane(planes.cb, scale), resize_plane(planes.cr, scale)))
+        return Image.fromarray(np.stack([gray, a], axis=-1))
+    cb, cr = resize_plane(planes.cb, scale), resize_plane(planes.cr, scale)
+    rgb = _to_uint8(_ycbcr_to_rgb(y, cb, cr))
     if planes.alpha is None:
-        return Image.fromarray(rgb, mode="RGB")
+        return Image.fromarray(rgb)
     a = _to_uint8(resize_plane(planes.alpha, scale))
-    return Image.fromarray(np.concatenate([rgb, a[..., None]], axis=-1), mode="RGBA")
+    return Image.fromarray(np.concatenate([rgb, a[..., None]], axis=-1))
 
 
 def output_format(requested: str | None, input_format: str | None) -> str:
@@ -179,7 +189,7 @@ def encode(img: Image.Image, fmt: str, quality: int, icc: bytes | None,
     if fmt == "jpeg" and img.mode in ("RGBA", "LA"):
         raise ImageError(422, "JPEG cannot hold an alpha channel; ask for png or webp")
     if fmt != "png" and img.mode == "I;16":
-        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8), "L")
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8))
     buf = io.BytesIO()
     opts: dict = {"icc_profile": icc} if icc else {}
     if fmt == "png":

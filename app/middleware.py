@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request id, body-size limit, access log, request metrics, last-resort 500."""
+"""Pure ASGI middleware: request id, body limit, access log, request metrics, last-resort 500."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def plan_axis(length: int, tile: int, overlap: int) -> list[Span]:
     if length <= tile:
         return [Span(0, 0, length)]
     stride = tile - 2 * overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
+    starts = [*list(range(0, length - tile, stride)), length - tile]
     # Cut halfway through each overlap: both neighbours keep context on that side.
     cuts = [(starts[k + 1] + starts[k] + tile) // 2 for k in range(len(starts) - 1)]
     bounds = [0, *cuts, length]

@@ -1,4 +1,4 @@
-"""Training pairs: random aligned LR/HR Y crops from folders of HR images, with dihedral augmentation.
+"""Training pairs: random aligned LR/HR Y crops from folders of HR images, flipped and rotated.
 
 LR is made once per image by the evaluation protocol (modcrop, antialiased bicubic downscale
 of the 8-bit RGB), so training sees exactly what evaluation and the service will see.
@@ -28,7 +28,8 @@ def _pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 class PatchSampler:
     """Holds every training image's LR/HR Y planes in memory and draws random batches."""
 
-    def __init__(self, folders: Sequence[str | Path], scale: int, patch: int, seed: int = 0) -> None:
+    def __init__(self, folders: Sequence[str | Path], scale: int, patch: int,
+                 seed: int = 0) -> None:
         from PIL import Image
 
         self.scale, self.patch = scale, patch

@@ -1,0 +1,57 @@
+"""Shared test helpers: image bytes, and an in-process app with its lifespan running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import SET5
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def set5_crop(name: str = "bird", box: tuple[int, int, int, int] = (0, 0, 60, 44)) -> Image.Image:
+    with Image.open(SET5 / f"{name}.png") as img:
+        return img.convert("RGB").crop(box)
+
+
+def noise(mode: str, w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    return Image.fromarray(arr[..., 0] if channels == 1 else arr)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     timeout=60) as client:
+            if wait_ready:
+                for _ in range(600):
+                    if app.state.upscaler.ready or "failed" in app.state.upscaler.reason:
+                        break
+                    await asyncio.sleep(0.05)
+            yield client
+
+
+# Small tiles and batches keep each test app's warm-up short; the defaults are tested end to end.
+TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4}
+
+
+def make_app(**overrides: object) -> FastAPI:
+    return create_app(Settings(**{**TEST_SETTINGS, **overrides}))

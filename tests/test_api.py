@@ -1,0 +1,293 @@
+"""The HTTP API in-process (httpx over ASGI) with the shipped models."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.engine import Engine, EngineError
+from app.settings import Settings
+from tests.helpers import TEST_SETTINGS, make_app, noise, png_bytes, running, set5_crop
+
+PNG = {"content-type": "image/png"}
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_upscale_raw_body_all_scales_with_headers() -> None:
+    img = set5_crop()
+
+    async def main() -> None:
+        async with running(make_app()) as c:
+            for scale in (2, 3, 4):
+                r = await c.post(f"/upscale?scale={scale}", content=png_bytes(img),
+                                 headers={**PNG, "X-Request-ID": f"abc-{scale}"})
+                assert r.status_code == 200, r.text
+                assert r.headers["content-type"] == "image/png"
+                assert r.headers["x-request-id"] == f"abc-{scale}"
+                timing = r.headers["server-timing"]
+                for stage in ("decode", "queue", "inference", "encode"):
+                    assert f"{stage};dur=" in timing
+                out = Image.open(io.BytesIO(r.content))
+                assert out.size == (60 * scale, 44 * scale) and out.mode == "RGB"
+
+    run(main())
+
+
+def test_output_is_sharper_than_bicubic_on_a_real_image() -> None:
+    """The service's x2 of a downscaled Set5 image is closer to the original than bicubic."""
+    from model.imaging import bicubic_down, bicubic_up, y_of
+    from model.metrics import psnr
+
+    hr = set5_crop("butterfly", (0, 0, 128, 128))
+    lr = bicubic_down(hr, 2)
+
+    async def main() -> bytes:
+        async with running(make_app()) as c:
+            r = await c.post("/upscale?scale=2", content=png_bytes(lr), headers=PNG)
+            assert r.status_code == 200
+            return r.content
+
+    sr = Image.open(io.BytesIO(run(main()))).convert("RGB")
+    assert psnr(y_of(sr), y_of(hr), 2) > psnr(y_of(bicubic_up(lr, 2)), y_of(hr), 2) + 0.5
+
+
+def test_multipart_upload_and_formats() -> None:
+    async def main() -> None:
+        async with running(make_app()) as c:
+            files = {"file": ("x.png", png_bytes(noise("RGB", 20, 12)), "image/png")}
+            r = await c.post("/upscale?scale=2&format=jpeg&quality=80", files=files)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            assert Image.open(io.BytesIO(r.content)).size == (40, 24)
+            jpg = png_bytes(noise("RGB", 20, 12), "JPEG")
+            r = await c.post("/upscale?scale=2", content=jpg, headers={"content-type": "image/jpeg"})
+            assert r.headers["content-type"] == "image/jpeg"  # default: the input's format
+            r = await c.post("/upscale?scale=2&format=webp", content=jpg,
+                             headers={"content-type": "image/jpeg"})
+            assert r.headers["content-type"] == "image/webp"
+
+    run(main())
+
+
+def test_alpha_and_grayscale_survive_the_service() -> None:
+    async def main() -> None:
+        async with running(make_app()) as c:
+            for mode in ("RGBA", "LA", "L"):
+                r = await c.post("/upscale?scale=2", content=png_bytes(noise(mode, 16, 10)),
+                                 headers=PNG)
+                out = Image.open(io.BytesIO(r.content))
+                assert r.status_code == 200 and out.mode == mode and out.size == (32, 20)
+
+    run(main())
+
+
+def test_large_image_is_tiled() -> None:
+    img = set5_crop("baby", (0, 0, 250, 130))
+
+    async def main() -> None:
+        async with running(make_app(tile_size=64, tile_overlap=8)) as c:
+            r = await c.post("/upscale?scale=2", content=png_bytes(img), headers=PNG)
+            assert r.status_code == 200
+            assert int(r.headers["x-tiles"]) == 5 * 3
+            assert Image.open(io.BytesIO(r.content)).size == (500, 260)
+
+    run(main())
+
+
+def _error(r) -> dict:  # type: ignore[no-untyped-def]
+    body = r.json()
+    assert set(body) == {"error", "request_id"} and body["request_id"] == r.headers["x-request-id"]
+    return body
+
+
+@pytest.mark.parametrize(("query", "content", "headers", "status"), [
+    ("scale=5", b"x", PNG, 422),
+    ("scale=two", b"x", PNG, 422),
+    ("scale=2&format=gif", b"x", PNG, 422),
+    ("scale=2&quality=0", b"x", PNG, 422),
+    ("scale=2", b"hello", {"content-type": "text/plain"}, 415),
+    ("scale=2", b"plain words, not pixels", PNG, 415),
+    ("scale=2", b"\x89PNG\r\n\x1a\n" + b"\x07" * 64, PNG, 400),
+    ("scale=2", b"", PNG, 400),
+])
+def test_bad_requests_get_clear_errors_and_the_service_goes_on(
+        query: str, content: bytes, headers: dict, status: int) -> None:
+    async def main() -> None:
+        async with running(make_app()) as c:
+            r = await c.post(f"/upscale?{query}", content=content, headers=headers)
+            assert r.status_code == status, r.text
+            assert "Traceback" not in _error(r)["error"]
+            ok = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8)),
+                              headers=PNG)
+            assert ok.status_code == 200
+
+    run(main())
+
+
+def test_truncated_image_is_400() -> None:
+    data = png_bytes(set5_crop("bird", (0, 0, 200, 200)))
+
+    async def main() -> None:
+        async with running(make_app()) as c:
+            r = await c.post("/upscale?scale=2", content=data[: len(data) // 3], headers=PNG)
+            assert r.status_code == 400 and _error(r)
+
+    run(main())
+
+
+def test_size_limits_are_413() -> None:
+    bomb = png_bytes(Image.new("L", (12000, 12000)), optimize=True)
+
+    async def main() -> None:
+        async with running(make_app(max_body_bytes=400_000, max_input_pixels=1_000_000)) as c:
+            big = png_bytes(noise("RGB", 400, 400))  # ~480 kB of noise
+            r = await c.post("/upscale?scale=2", content=big, headers=PNG)
+            assert r.status_code == 413 and _error(r)
+            r = await c.post("/upscale?scale=2", content=bomb, headers=PNG)
+            assert r.status_code == 413 and "pixels" in _error(r)["error"]
+
+    run(main())
+
+
+def test_not_ready_before_models_load_then_ready() -> None:
+    async def main() -> None:
+        app = make_app()
+        async with running(app, wait_ready=False) as c:
+            r = await c.get("/health/ready")
+            if r.status_code == 503:  # loading takes a moment; catch it if we can
+                assert r.json()["status"] == "not ready" and "Retry-After" in r.headers
+                r2 = await c.post("/upscale?scale=2", content=b"x", headers=PNG)
+                assert r2.status_code == 503
+            for _ in range(600):
+                if app.state.upscaler.ready:
+                    break
+                await asyncio.sleep(0.05)
+            for path in ("/health/ready", "/v2/health/ready", "/health/live", "/v2/health/live"):
+                assert (await c.get(path)).status_code == 200
+
+    run(main())
+
+
+def test_failed_load_is_not_ready_and_says_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        async with running(make_app(model_dir=tmp_path)) as c:
+            r = await c.get("/health/ready")
+            assert r.status_code == 503 and "no ONNX model" in r.json()["reason"]
+            assert (await c.get("/health/live")).status_code == 200
+
+    run(main())
+
+
+def test_models_and_metrics_endpoints() -> None:
+    async def main() -> None:
+        async with running(make_app()) as c:
+            await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 30, 30)), headers=PNG)
+            models = (await c.get("/v1/models")).json()["models"]
+            assert [m["scale"] for m in models] == [2, 3, 4]
+            assert all(m["provider"] == "CPUExecutionProvider" for m in models)
+            assert all(m["preset"] == "lsrcnn-lite" and "validation_psnr" in m["card"]
+                       for m in models)
+            text = (await c.get("/metrics")).text
+            for name in ("lsrcnn_requests_total", "lsrcnn_request_seconds_bucket",
+                         "lsrcnn_queue_seconds_bucket", "lsrcnn_inference_seconds_bucket",
+                         "lsrcnn_batch_size_bucket", "lsrcnn_queue_depth",
+                         "lsrcnn_tiles_total", "lsrcnn_output_pixels_total",
+                         "lsrcnn_model_info"):
+                assert name in text, name
+            assert 'lsrcnn_requests_total{route="/upscale",status="200"} 1.0' in text
+            assert 'lsrcnn_output_pixels_total{scale="2"} 3600.0' in text
+            assert 'provider="CPUExecutionProvider"' in text
+
+    run(main())
+
+
+def test_concurrent_requests_are_batched_together() -> None:
+    """Eight one-tile requests at once: the model sees fewer, larger batches."""
+    async def main() -> str:
+        app = make_app(max_wait_ms=50, max_batch_size=8)
+        async with running(app) as c:
+            imgs = [png_bytes(noise("RGB", 24, 24, seed=i)) for i in range(8)]
+            rs = await asyncio.gather(*(c.post("/upscale?scale=2", content=b, headers=PNG)
+                                        for b in imgs))
+            assert all(r.status_code == 200 for r in rs)
+            return (await c.get("/metrics")).text
+
+    text = run(main())
+    count = next(line for line in text.splitlines()
+                 if line.startswith('lsrcnn_batch_size_count{scale="2"}'))
+    total = next(line for line in text.splitlines()
+                 if line.startswith('lsrcnn_batch_size_sum{scale="2"}'))
+    batches, tiles = float(count.split()[-1]), float(total.split()[-1])
+    assert tiles == 8 and batches < 8  # tiles of different requests shared a model call
+
+
+class BrokenOnce(Engine):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.armed = False
+
+    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+        if self.armed:
+            self.armed = False
+            raise EngineError("injected failure")
+        return super().run(scale, x)
+
+
+def test_engine_error_is_a_500_and_the_next_request_works() -> None:
+    settings = Settings(**TEST_SETTINGS)
+    engine = BrokenOnce(settings)
+
+    async def main() -> None:
+        from app.main import create_app
+
+        async with running(create_app(settings, engine)) as c:
+            engine.armed = True
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8)), headers=PNG)
+            assert r.status_code == 500
+            assert _error(r)["error"] == "inference failed"
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8)), headers=PNG)
+            assert r.status_code == 200
+
+    run(main())
+
+
+def test_queue_full_is_503_with_retry_after() -> None:
+    async def main() -> None:
+        async with running(make_app(queue_limit=2, tile_size=32, tile_overlap=4)) as c:
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 100, 100)),
+                             headers=PNG)  # 16 tiles of 32 > the queue limit
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert _error(r)
+
+    run(main())
+
+
+def test_deadline_is_504() -> None:
+    async def main() -> None:
+        async with running(make_app(request_timeout_s=0.001)) as c:
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 300, 300)),
+                             headers=PNG)
+            assert r.status_code == 504 and _error(r)
+
+    run(main())
+
+
+def test_access_log_is_json_with_request_id(caplog) -> None:  # type: ignore[no-untyped-def]
+    from app.logs import JsonFormatter
+
+    async def main() -> None:
+        async with running(make_app()) as c:
+            await c.get("/health/live", headers={"X-Request-ID": "trace-me"})
+
+    with caplog.at_level("INFO", logger="app.access"):
+        run(main())
+    record = next(r for r in caplog.records if r.name == "app.access")
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["request_id"] == "trace-me" and entry["status"] == 200
