@@ -4,11 +4,12 @@
 #
 # CPU (default):
 #   docker build -t lsrcnn:cpu .
-# GPU (onnxruntime-gpu; needs a CUDA runtime + cuDNN base whose major versions match the
-# onnxruntime-gpu release that pip resolves -- onnxruntime-gpu >= 1.19 from PyPI is built for
-# CUDA 12.x + cuDNN 9.x; see the "Requirements" table of ONNX Runtime's CUDA execution provider):
+# GPU (onnxruntime-gpu): the base needs the CUDA runtime + cuDNN whose major versions match the
+# onnxruntime-gpu release pip resolves (see "Requirements" in ONNX Runtime's CUDA execution
+# provider docs). onnxruntime-gpu 1.31 from PyPI wants CUDA 13.x + cuDNN 9.x and Python >= 3.11
+# (older 1.19-1.2x releases: CUDA 12.x + cuDNN 9.x), so e.g. an Ubuntu 24.04 (Python 3.12) image:
 #   docker build -t lsrcnn:gpu --build-arg FLAVOR=gpu \
-#       --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 .
+#       --build-arg BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 .
 #   docker run --gpus all -p 8000:8000 -e LSRCNN_PROVIDERS=cuda lsrcnn:gpu
 #
 # Build args:
