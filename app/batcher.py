@@ -2,8 +2,10 @@
 
 One small class (after Ray Serve's _BatchQueue and LitServe's collate loop): a bounded
 queue of tiles, one future per tile, batches cut at `max_batch` tiles or when the oldest
-tile has waited `max_wait`. The model call runs in a worker thread, never on the event loop.
-A failed call fails every tile of that batch; the loop goes on.
+tile has waited `max_wait`. Model calls run in worker threads, never on the event loop;
+up to `workers` batches run at once (Triton's model instances), so a CPU whose single call
+cannot fill every core still gets used. A failed call fails every tile of that batch; the
+loop goes on.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class BatchRecord:
 
 class Batcher:
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_batch: int,
-                 max_wait_s: float, queue_limit: int, name: str = "model",
+                 max_wait_s: float, queue_limit: int, workers: int = 1, name: str = "model",
                  on_batch: Callable[[BatchRecord], None] | None = None,
                  on_depth: Callable[[int], None] | None = None) -> None:
         self._run = run
@@ -72,7 +74,11 @@ class Batcher:
         self._items: deque[_Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self.workers = workers
+        self._slots = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix=f"infer-{name}")
         self._tickets = 0
         self._batches = 0
         self._stats: dict[int, BatchStats] = {}
@@ -93,6 +99,8 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         for item in self._items:
             if not item.future.done():
                 item.future.set_exception(BatchFailed("service shutting down"))
@@ -157,29 +165,42 @@ class Batcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            await self._slots.acquire()  # a batch forms only once a worker is free for it
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
             if not batch:
+                self._slots.release()
                 continue
             self._batches += 1
-            batch_id = self._batches
+            task = loop.create_task(self._execute(self._batches, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch_id: int, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             x = np.stack([it.tile for it in batch])
             t0 = time.perf_counter()
-            try:
-                y = await loop.run_in_executor(self._executor, self._run, x)
-                if len(y) != len(batch):
-                    raise BatchFailed(f"model returned {len(y)} outputs for {len(batch)} tiles")
-            except Exception as err:
-                log.error("batch %d of %d tiles failed: %r", batch_id, len(batch), err)
-                for it in batch:
-                    if not it.future.done():
-                        it.future.set_exception(BatchFailed("inference failed"))
-                continue
-            seconds = time.perf_counter() - t0
-            tickets = {it.ticket for it in batch}
-            for ticket in tickets:
-                if ticket in self._stats:
-                    self._stats[ticket].batches[batch_id] = seconds
-            self._on_batch(BatchRecord(batch_id, len(batch), tickets, seconds))
-            for it, out in zip(batch, y, strict=True):
+            y = await loop.run_in_executor(self._executor, self._run, x)
+            if len(y) != len(batch):
+                raise BatchFailed(f"model returned {len(y)} outputs for {len(batch)} tiles")
+        except Exception as err:
+            log.error("batch %d of %d tiles failed: %r", batch_id, len(batch), err)
+            for it in batch:
                 if not it.future.done():
-                    it.future.set_result(out)
+                    it.future.set_exception(BatchFailed("inference failed"))
+            return
+        finally:
+            self._slots.release()
+        seconds = time.perf_counter() - t0
+        tickets = {it.ticket for it in batch}
+        for ticket in tickets:
+            if ticket in self._stats:
+                self._stats[ticket].batches[batch_id] = seconds
+        self._on_batch(BatchRecord(batch_id, len(batch), tickets, seconds))
+        for it, out in zip(batch, y, strict=True):
+            if not it.future.done():
+                it.future.set_result(out)

@@ -5,7 +5,6 @@ Knows nothing about HTTP. `run` is blocking; the batcher calls it from a worker 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +77,7 @@ class Engine:
         self.settings = settings
         self.sessions: dict[int, ort.InferenceSession] = {}
         self.models: dict[int, ModelInfo] = {}
+        self.on_gpu = False
 
     @property
     def scales(self) -> list[int]:
@@ -91,9 +91,9 @@ class Engine:
         cuda = (CUDA, {"device_id": s.device_id})
         return [cuda, cpu]
 
-    def _options(self) -> ort.SessionOptions:
+    def _options(self, on_gpu: bool) -> ort.SessionOptions:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.settings.intra_op_threads
+        opts.intra_op_num_threads = self.settings.resolved_threads(on_gpu)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return opts
 
@@ -105,11 +105,12 @@ class Engine:
         wants_gpu = s.providers != "cpu" and cuda_available()
         for scale, candidates in sorted(found.items()):
             path, meta = choose(candidates, s.preset, wants_gpu)
-            session = ort.InferenceSession(str(path), self._options(),
+            session = ort.InferenceSession(str(path), self._options(wants_gpu),
                                            providers=self._providers() if wants_gpu else [CPU])
             active = session.get_providers()[0]  # the truth, whatever was asked for
             if s.providers == "cuda" and active != CUDA:
                 raise EngineError(f"CUDA required but {path.name} runs on {active}")
+            self.on_gpu = self.on_gpu or active == CUDA
             self.sessions[scale] = session
             self.models[scale] = ModelInfo(scale, meta.get("preset", "unknown"), path, active, meta)
             log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
@@ -132,9 +133,3 @@ class Engine:
             raise EngineError(f"model x{scale} returned {y.shape}, expected {expected}")
         return y
 
-
-def config_of(info: ModelInfo) -> dict:
-    try:
-        return json.loads(info.metadata.get("config", "{}"))
-    except json.JSONDecodeError:
-        return {}

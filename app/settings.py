@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,10 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA if really active, else CPU; cuda: required (not ready "
         "without it); cpu: CPU only")
     device_id: int = Field(0, description="CUDA device index")
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = all cores)")
+    workers: int = Field(0, ge=0, description="model calls in flight at once per scale "
+                         "(0 = auto: one per core on the CPU, 1 on the GPU)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per call "
+                                  "(0 = auto: cores / workers)")
     # Tiling and batching
     tile_size: int = Field(96, ge=16, description="LR tile side fed to the model")
     tile_overlap: int = Field(12, ge=0, description="LR context pixels kept around each tile core")
@@ -43,6 +47,16 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="bind port")
     graceful_timeout_s: int = Field(20, description="on SIGTERM, time for in-flight requests")
     log_level: str = Field("info", description="log level")
+
+    def resolved_workers(self, on_gpu: bool) -> int:
+        if self.workers:
+            return self.workers
+        return 1 if on_gpu else max(1, os.cpu_count() or 1)
+
+    def resolved_threads(self, on_gpu: bool) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.resolved_workers(on_gpu))
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(env variable, default, meaning) rows for the README's settings table."""

@@ -62,6 +62,7 @@ class Upscaler:
                 lambda x, scale=scale: self.engine.run(scale, x),
                 max_batch=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
                 queue_limit=s.queue_limit, name=f"x{scale}",
+                workers=s.resolved_workers(self.engine.on_gpu),
                 on_batch=lambda rec, scale=scale: self._record_batch(scale, rec),
                 on_depth=lambda d, scale=scale: self.metrics.queue_depth.labels(str(scale)).set(d),
             )

@@ -141,3 +141,20 @@ def test_wrong_output_count_is_an_error_not_a_mixup() -> None:
             await batcher.submit(_tiles(3, 1), _deadline())
 
     asyncio.run(_run(batcher, main()))
+
+
+def test_several_workers_run_batches_at_the_same_time() -> None:
+    both_running = threading.Barrier(2, timeout=5)
+
+    def engine(x: np.ndarray) -> np.ndarray:
+        both_running.wait()  # passes only if two batches are in the engine at once
+        return x
+
+    batcher = Batcher(engine, max_batch=2, max_wait_s=0.0, queue_limit=10, workers=2)
+
+    async def main() -> None:
+        outs = await asyncio.gather(batcher.submit(_tiles(2, 1), _deadline()),
+                                    batcher.submit(_tiles(2, 2), _deadline()))
+        assert [float(o[0].mean()) for o in outs] == [1.0, 2.0]
+
+    asyncio.run(_run(batcher, main()))

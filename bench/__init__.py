@@ -1,0 +1,1 @@
+"""Benchmarks: rerunnable scripts whose results go into docs/benchmarks.md."""

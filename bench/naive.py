@@ -1,0 +1,60 @@
+"""The naive baseline server: each request alone, its tiles one model call at a time.
+
+The way many SR servers work (Real-ESRGAN's tile loop behind a web handler): no queue and
+no batching across requests; concurrent requests simply call the session concurrently.
+Same decoding, tiling, colour and encoding code as the real service, so only batching differs.
+
+    python -m bench.naive  (LSRCNN_* settings as for the service)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from app import imaging, tiling
+from app.engine import Engine
+from app.settings import Settings
+
+
+def create_naive_app(settings: Settings) -> FastAPI:
+    engine = Engine(settings)
+    engine.load()
+    app = FastAPI()
+
+    def work(data: bytes, scale: int) -> tuple[bytes, str]:
+        s = settings
+        decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
+        planes = imaging.split(decoded.image)
+        plan = tiling.plan_tiles(*planes.y.shape, s.tile_size, s.tile_overlap)
+        tiles = tiling.cut_tiles(planes.y / 255.0, plan)
+        out = np.concatenate([engine.run(scale, tiles[i : i + 1]) for i in range(len(tiles))])
+        y = tiling.merge_tiles(out, plan, scale) * 255.0
+        fmt = imaging.output_format(None, decoded.format)
+        body = imaging.encode(imaging.join(y, planes, scale), fmt, 90, decoded.icc_profile,
+                              s.png_compress_level)
+        return body, imaging.MEDIA_TYPES[fmt]
+
+    @app.get("/health/ready")
+    async def ready() -> dict:
+        return {"status": "ready"}
+
+    @app.post("/upscale")
+    async def upscale(request: Request, scale: int = 2) -> Response:
+        body, media = await asyncio.to_thread(work, await request.body(), scale)
+        return Response(body, media_type=media)
+
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    uvicorn.run(create_naive_app(settings), host=settings.host, port=settings.port,
+                log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
