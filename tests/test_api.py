@@ -67,7 +67,8 @@ def test_multipart_upload_and_formats() -> None:
             assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
             assert Image.open(io.BytesIO(r.content)).size == (40, 24)
             jpg = png_bytes(noise("RGB", 20, 12), "JPEG")
-            r = await c.post("/upscale?scale=2", content=jpg, headers={"content-type": "image/jpeg"})
+            r = await c.post("/upscale?scale=2", content=jpg,
+                             headers={"content-type": "image/jpeg"})
             assert r.headers["content-type"] == "image/jpeg"  # default: the input's format
             r = await c.post("/upscale?scale=2&format=webp", content=jpg,
                              headers={"content-type": "image/jpeg"})

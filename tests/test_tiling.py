@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from app.tiling import cut_tiles, merge_tiles, plan_axis, plan_tiles
 def test_cores_cover_each_pixel_once_with_context(length: int, tile: int, overlap: int) -> None:
     spans = plan_axis(length, tile, overlap)
     assert spans[0].core_lo == 0 and spans[-1].core_hi == length
-    for a, b in zip(spans, spans[1:], strict=False):
+    for a, b in itertools.pairwise(spans):
         assert a.core_hi == b.core_lo  # contiguous, no gap, no double
     for k, s in enumerate(spans):
         assert s.start <= s.core_lo < s.core_hi <= s.start + tile
