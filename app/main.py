@@ -43,4 +43,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """`app.main:app` for `uvicorn app.main:app`, built on first access (not on import), so
+    importing create_app never builds a second app with settings from the environment."""
+    if name == "app":
+        globals()["app"] = built = create_app()
+        return built
+    raise AttributeError(name)

@@ -28,6 +28,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--hidden", type=int, nargs="*", default=[16, 48, 64],
+                   help="also time lite-shaped variants with these LSTM sizes")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime "
           f"{ort.__version__}, CPUExecutionProvider, all cores\n")
@@ -35,9 +37,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in sorted(PRESETS, reverse=True):
-            model = LSRCNN(make_config(preset, 2)).eval()
-            path = Path(tmp) / f"{preset}.onnx"
+        variants = [(preset, None) for preset in sorted(PRESETS, reverse=True)]
+        variants += [("lsrcnn-lite", h) for h in args.hidden]
+        for preset, hidden in variants:
+            model = LSRCNN(make_config(preset, 2, hidden=hidden)).eval()
+            name = preset if hidden is None else f"lite, hidden {hidden}"
+            path = Path(tmp) / f"{preset}-{hidden}.onnx"
             export(model, path, {"scale": "2", "preset": preset})
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             for size in args.sizes:
@@ -49,7 +54,7 @@ def main() -> None:
                     sess.run(None, {"input": x})
                     times.append(time.perf_counter() - t0)
                 med = statistics.median(times)
-                print(f"| {preset} | {count_parameters(model):,} | "
+                print(f"| {name} | {count_parameters(model):,} | "
                       f"{macs_per_lr_pixel(model.cfg):,} | {size}x{size} | {med:.3f} | "
                       f"{size * size / med / 1e6:.3f} |", flush=True)
 

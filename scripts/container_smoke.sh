@@ -143,6 +143,8 @@ t0=$(now)
 podman build "${PODMAN_OPTS[@]}" --format docker "${build_args[@]}" \
     -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
 build_s=$(elapsed "$t0" "$(now)")
+# Untagged leftovers (the previous image, build stages) would otherwise pile up run after run.
+podman image prune -f >/dev/null
 size_b=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 size_mb=$(awk -v s="$size_b" 'BEGIN { printf "%.1f", s / 1000000 }')
 healthcheck=$(podman image inspect --format '{{json .HealthCheck}}' "$IMAGE" 2>/dev/null || true)
