@@ -52,7 +52,7 @@ async def upscale(
     up = _upscaler(request)
     if not up.ready:
         raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
-    scale = scale or up.settings.default_scale
+    scale = up.settings.default_scale if scale is None else scale
     if scale not in up.scales:
         raise ApiError(422, f"scale must be one of {up.scales}")
     data = await _read_image(request)

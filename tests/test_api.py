@@ -110,6 +110,7 @@ def _error(r) -> dict:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("query", "content", "headers", "status"), [
     ("scale=5", b"x", PNG, 422),
+    ("scale=0", b"x", PNG, 422),
     ("scale=two", b"x", PNG, 422),
     ("scale=2&format=gif", b"x", PNG, 422),
     ("scale=2&quality=0", b"x", PNG, 422),
@@ -292,3 +293,47 @@ def test_access_log_is_json_with_request_id(caplog) -> None:  # type: ignore[no-
     record = next(r for r in caplog.records if r.name == "app.access")
     entry = json.loads(JsonFormatter().format(record))
     assert entry["request_id"] == "trace-me" and entry["status"] == 200
+
+
+def test_chunked_bodies_over_the_limit_are_413_raw_and_multipart() -> None:
+    """No Content-Length to check up front: the limit applies while the body streams in."""
+    big = png_bytes(noise("RGB", 400, 400))
+    boundary = "lsrcnn-test"
+    multipart = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="a.png"\r\nContent-Type: image/png\r\n\r\n').encode() + big + \
+        f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks(data: bytes):  # type: ignore[no-untyped-def]
+        async def gen():  # type: ignore[no-untyped-def]
+            for i in range(0, len(data), 16384):
+                yield data[i : i + 16384]
+        return gen()
+
+    async def main() -> None:
+        async with running(make_app(max_body_bytes=100_000)) as c:
+            r = await c.post("/upscale?scale=2", content=chunks(big), headers=PNG)
+            assert r.status_code == 413 and _error(r)
+            r = await c.post("/upscale?scale=2", content=chunks(multipart),
+                             headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+            assert r.status_code == 413 and _error(r)
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8)),
+                             headers=PNG)
+            assert r.status_code == 200
+
+    run(main())
+
+
+def test_required_gpu_missing_means_not_ready() -> None:
+    from app.engine import cuda_available
+
+    if cuda_available():
+        pytest.skip("checks the behaviour without a GPU")
+
+    async def main() -> None:
+        async with running(make_app(providers="cuda")) as c:
+            r = await c.get("/health/ready")
+            assert r.status_code == 503 and "CUDA required" in r.json()["reason"]
+            r = await c.post("/upscale?scale=2", content=b"x", headers=PNG)
+            assert r.status_code == 503
+
+    run(main())
