@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per call "
                                   "(0 = auto: cores / workers)")
     # Tiling and batching
-    tile_size: int = Field(96, ge=16, description="LR tile side fed to the model")
-    tile_overlap: int = Field(12, ge=0, description="LR context pixels kept around each tile core")
-    max_batch_size: int = Field(16, ge=1, description="tiles per model call")
+    tile_size: int = Field(128, ge=16, description="LR tile side fed to the model")
+    tile_overlap: int = Field(8, ge=0, description="LR context pixels kept around each tile core")
+    max_batch_size: int = Field(4, ge=1, description="tiles per model call")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a tile waits for a batch to fill")
     queue_limit: int = Field(2048, ge=1, description="tiles waiting, per model; beyond: 503")
     request_timeout_s: float = Field(60.0, gt=0, description="deadline per request; beyond: 504")

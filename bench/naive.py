@@ -1,7 +1,8 @@
 """The naive baseline server: each request alone, its tiles one model call at a time.
 
-The way many SR servers work (Real-ESRGAN's tile loop behind a web handler): no queue and
-no batching across requests; concurrent requests simply call the session concurrently.
+The way many SR servers work (Real-ESRGAN's tile loop behind a web handler): ONNX Runtime's
+default session options, no queue and no batching across requests; concurrent requests
+simply call the session concurrently from the web server's thread pool.
 Same decoding, tiling, colour and encoding code as the real service, so only batching differs.
 
     python -m bench.naive  (LSRCNN_* settings as for the service)
@@ -21,7 +22,8 @@ from app.settings import Settings
 
 
 def create_naive_app(settings: Settings) -> FastAPI:
-    engine = Engine(settings)
+    # ONNX Runtime's defaults, as a plain `InferenceSession(path)` gets: one call uses every core.
+    engine = Engine(settings.model_copy(update={"workers": 1, "intra_op_threads": 0}))
     engine.load()
     app = FastAPI()
 

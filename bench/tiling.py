@@ -62,38 +62,41 @@ def seam_levels(diff: np.ndarray, plan: tiling.TilePlan, scale: int) -> tuple[fl
 
 
 def quality(folders: list[str], tiles: list[int], overlaps: list[int]) -> None:
-    print("| scale | tile | overlap | whole (dB) | tiled (dB) | loss (dB) | worst image loss "
-          "| at cuts (levels) | elsewhere | max |diff| |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scale | dataset | tile | overlap | whole (dB) | tiled (dB) | loss (dB) "
+          "| worst image loss | at cuts (levels) | elsewhere | max |diff| |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for scale in (2, 3, 4):
         sess = session(scale)
-        images = []
         for folder in folders:
+            images = []
             for path in list_images(folder):
                 hr = modcrop(load_rgb(path), scale)
                 lr_y, hr_y = y_of(bicubic_down(hr, scale)), y_of(hr)
                 images.append((lr_y, hr_y, run_onnx(sess, lr_y)))
-        whole = np.mean([psnr(quantize(w), hr_y, scale) for _, hr_y, w in images])
-        for tile in tiles:
-            for overlap in overlaps:
-                if tile <= 2 * overlap:
-                    continue
-                losses, at_cuts, rest, worst = [], [], [], 0.0
-                for lr_y, hr_y, w_raw in images:
-                    out_raw, plan = tiled(sess, lr_y, scale, tile, overlap)
-                    losses.append(psnr(quantize(w_raw), hr_y, scale)
-                                  - psnr(quantize(out_raw), hr_y, scale))
-                    diff = np.abs(out_raw - w_raw)  # unquantized: what the tiling changed
-                    worst = max(worst, float(diff.max()))
-                    if plan.count > 1:
-                        cut, other = seam_levels(diff, plan, scale)
-                        at_cuts.append(cut)
-                        rest.append(other)
-                tiled_db = whole - np.mean(losses)
-                seam = f"{np.mean(at_cuts):.3f} | {np.mean(rest):.3f}" if at_cuts else "- | -"
-                print(f"| x{scale} | {tile} | {overlap} | {whole:.3f} | {tiled_db:.3f} | "
-                      f"{np.mean(losses):.3f} | {max(losses):.3f} | {seam} | {worst:.2f} |",
-                      flush=True)
+            whole = np.mean([psnr(quantize(w), hr_y, scale) for _, hr_y, w in images])
+            for tile in tiles:
+                for overlap in overlaps:
+                    if tile > 2 * overlap:
+                        row = _compare(sess, images, scale, tile, overlap)
+                        print(f"| x{scale} | {Path(folder).name} | {tile} | {overlap} | "
+                              f"{whole:.3f} | {whole - row[0]:.3f} | {row[0]:.3f} | "
+                              f"{row[1]:.3f} | {row[2]} | {row[3]:.2f} |", flush=True)
+
+
+def _compare(sess: ort.InferenceSession, images: list, scale: int, tile: int, overlap: int
+             ) -> tuple[float, float, str, float]:
+    losses, at_cuts, rest, worst = [], [], [], 0.0
+    for lr_y, hr_y, w_raw in images:
+        out_raw, plan = tiled(sess, lr_y, scale, tile, overlap)
+        losses.append(psnr(quantize(w_raw), hr_y, scale) - psnr(quantize(out_raw), hr_y, scale))
+        diff = np.abs(out_raw - w_raw)  # unquantized: what the tiling changed
+        worst = max(worst, float(diff.max()))
+        if plan.count > 1:
+            cut, other = seam_levels(diff, plan, scale)
+            at_cuts.append(cut)
+            rest.append(other)
+    seam = f"{np.mean(at_cuts):.3f} | {np.mean(rest):.3f}" if at_cuts else "- | -"
+    return float(np.mean(losses)), float(max(losses)), seam, worst
 
 
 def speed(tiles: list[int], overlap: int, seconds: float) -> None:

@@ -47,9 +47,11 @@ def test_merge_of_a_pointwise_model_equals_the_whole_image(h: int, w: int, scale
     np.testing.assert_array_equal(merged, plane.repeat(scale, 0).repeat(scale, 1))
 
 
-def test_small_images_are_reflect_padded() -> None:
+def test_small_images_are_mirror_padded() -> None:
     plane = np.arange(12, dtype=np.float32).reshape(3, 4)
     tiles = cut_tiles(plane, plan_tiles(3, 4, 8, 2))
     np.testing.assert_array_equal(tiles[0, 0, :3, :4], plane)
-    np.testing.assert_array_equal(tiles[0, 0, 3, :4], plane[1])  # reflect, not zeros
-    np.testing.assert_array_equal(tiles[0, 0, :3, 4], plane[:, 2])
+    np.testing.assert_array_equal(tiles[0, 0, 3, :4], plane[2])  # mirrored, not zeros
+    np.testing.assert_array_equal(tiles[0, 0, 4, :4], plane[1])
+    np.testing.assert_array_equal(tiles[0, 0, :3, 4], plane[:, 3])
+    np.testing.assert_array_equal(tiles[0, 0, :3, 5], plane[:, 2])
