@@ -16,7 +16,7 @@ import onnxruntime as ort  # noqa: E402
 from model import export as onnx_export  # noqa: E402
 from model.data import PatchSampler  # noqa: E402
 from model.net import LSRCNN, make_config  # noqa: E402
-from model.train import load_checkpoint, main, model_from_checkpoint  # noqa: E402
+from model.train import init_from, load_checkpoint, main, model_from_checkpoint  # noqa: E402
 
 
 def test_sampler_shapes_alignment_and_small_images(tmp_path: Path, set5: Path) -> None:
@@ -84,3 +84,18 @@ def test_parity_check_fails_loudly_on_a_wrong_file(tmp_path: Path) -> None:
     torch.nn.init.normal_(model.decoder[0].weight, std=0.5)  # torch side no longer matches
     with pytest.raises(onnx_export.ParityError):
         onnx_export.parity(model, path)
+
+
+def test_init_copies_encoder_and_lstm_from_another_scale(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    x2 = LSRCNN(make_config("lsrcnn-lite", 2, hidden=8))
+    torch.save({"config": x2.cfg.to_dict(), "model": x2.state_dict()}, tmp_path / "x2.pt")
+    torch.manual_seed(2)
+    x3 = LSRCNN(make_config("lsrcnn-lite", 3, hidden=8))
+    copied = init_from(x3, str(tmp_path / "x2.pt"))
+    assert copied == len([k for k in x2.state_dict() if k.startswith(("encoder.", "lstm."))])
+    for key, value in x2.state_dict().items():
+        if key.startswith(("encoder.", "lstm.")):
+            assert torch.equal(x3.state_dict()[key], value)
+    # The decoder has another shape (9 sub-pixel channels, not 4) and keeps its own weights.
+    assert x3.decoder[0].weight.shape[0] == 9
