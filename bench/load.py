@@ -41,24 +41,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
+                 output: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """Start `python -m module` on a free loopback port; return once /health/ready is 200."""
+    port = _free_port()
+    full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=full_env,
+                            stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            said = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"{module} exited with {proc.returncode}\n{said}")
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError(f"{module} not ready in {timeout_s:.0f} s")
+
+
 @contextmanager
 def server(module: str, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    port = _free_port()
-    full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port),
-                "LSRCNN_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(module, {**env, "LSRCNN_LOG_LEVEL": "warning"})
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"{module} exited with {proc.returncode}")
-            time.sleep(0.2)
         yield url
     finally:
         proc.terminate()

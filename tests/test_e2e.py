@@ -3,48 +3,23 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, SET5
+from bench.load import start_server
+from tests.conftest import SET5
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> str:
-    port = _free_port()
-    env = {**os.environ, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server("app", {}, timeout_s=120, output=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "exited")
-            time.sleep(0.2)
-        else:
-            raise TimeoutError("server not ready in 120 s")
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
