@@ -25,10 +25,36 @@ log = logging.getLogger("app.upscaler")
 class Result:
     body: bytes
     media_type: str
-    width: int
-    height: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles: int = 0
+
+
+@dataclass
+class Prepared:
+    """An image decoded, split into planes and cut into model-ready tiles."""
+
+    decoded: imaging.Decoded
+    planes: imaging.Planes
+    plan: tiling.TilePlan
+    tiles: np.ndarray  # [N, 1, T, T] of Y / 255
+
+
+def prepare(data: bytes, scale: int, settings: Settings) -> Prepared:
+    """Decode (with the size limits), split colour, cut Y into tiles. Blocking."""
+    s = settings
+    decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
+    planes = imaging.split(decoded.image)
+    plan = tiling.plan_tiles(*planes.y.shape, s.tile_size, s.tile_overlap)
+    return Prepared(decoded, planes, plan, tiling.cut_tiles(planes.y / 255.0, plan))
+
+
+def finish(job: Prepared, out_tiles: np.ndarray, scale: int, fmt: str, quality: int,
+           settings: Settings) -> bytes:
+    """Merge upscaled tiles, rejoin colour and alpha, encode. Blocking."""
+    y = tiling.merge_tiles(out_tiles, job.plan, scale) * 255.0
+    image = imaging.join(y, job.planes, scale)
+    return imaging.encode(image, fmt, quality, job.decoded.icc_profile,
+                          settings.png_compress_level)
 
 
 class Upscaler:
@@ -82,38 +108,22 @@ class Upscaler:
         self.metrics.inference_seconds.labels(label).observe(rec.seconds)
         self.metrics.tiles.labels(label).inc(rec.size)
 
-    def _prepare(self, data: bytes, scale: int
-                 ) -> tuple[imaging.Decoded, imaging.Planes, tiling.TilePlan, np.ndarray]:
-        s = self.settings
-        decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
-        planes = imaging.split(decoded.image)
-        h, w = planes.y.shape
-        plan = tiling.plan_tiles(h, w, s.tile_size, s.tile_overlap)
-        return decoded, planes, plan, tiling.cut_tiles(planes.y / 255.0, plan)
-
-    def _finish(self, out_tiles: np.ndarray, decoded: imaging.Decoded, planes: imaging.Planes,
-                plan: tiling.TilePlan, scale: int, fmt: str, quality: int) -> bytes:
-        y = tiling.merge_tiles(out_tiles, plan, scale) * 255.0
-        image = imaging.join(y, planes, scale)
-        return imaging.encode(image, fmt, quality, decoded.icc_profile,
-                              self.settings.png_compress_level)
-
     async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
                       deadline: float) -> Result:
         batcher = self.batchers[scale]
         t0 = time.perf_counter()
-        decoded, planes, plan, tiles = await asyncio.to_thread(self._prepare, data, scale)
-        out_fmt = imaging.output_format(fmt, decoded.format)
+        job = await asyncio.to_thread(prepare, data, scale, self.settings)
+        out_fmt = imaging.output_format(fmt, job.decoded.format)
         t1 = time.perf_counter()
-        out_tiles, stats = await batcher.submit(tiles, deadline)
+        out_tiles, stats = await batcher.submit(job.tiles, deadline)
         t2 = time.perf_counter()
-        body = await asyncio.to_thread(self._finish, out_tiles, decoded, planes, plan, scale,
-                                       out_fmt, quality)
+        body = await asyncio.to_thread(finish, job, out_tiles, scale, out_fmt, quality,
+                                       self.settings)
         t3 = time.perf_counter()
         inference = min(stats.inference_s, t2 - t1)
         timings = {"decode": t1 - t0, "queue": (t2 - t1) - inference, "inference": inference,
                    "encode": t3 - t2}
         self.metrics.queue_seconds.labels(str(scale)).observe(timings["queue"])
+        plan = job.plan
         self.metrics.output_pixels.labels(str(scale)).inc(plan.height * plan.width * scale**2)
-        return Result(body, imaging.MEDIA_TYPES[out_fmt], plan.width * scale,
-                      plan.height * scale, timings, plan.count)
+        return Result(body, imaging.MEDIA_TYPES[out_fmt], timings, plan.count)

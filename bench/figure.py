@@ -10,23 +10,26 @@ what each method made).
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app import imaging, tiling
 from app.engine import Engine
 from app.settings import Settings
+from app.upscaler import finish, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def upscale(engine: Engine, settings: Settings, img: Image.Image, scale: int) -> Image.Image:
-    planes = imaging.split(img)
-    plan = tiling.plan_tiles(*planes.y.shape, settings.tile_size, settings.tile_overlap)
-    out = engine.run(scale, tiling.cut_tiles(planes.y / 255.0, plan))
-    return imaging.join(tiling.merge_tiles(out, plan, scale) * 255.0, planes, scale)
+    """The service's own path (decode, tiles, model, merge, encode), as lossless PNG."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    job = prepare(buf.getvalue(), scale, settings)
+    out = engine.run(scale, job.tiles)
+    return Image.open(io.BytesIO(finish(job, out, scale, "png", 90, settings)))
 
 
 def main() -> None:

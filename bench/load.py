@@ -28,9 +28,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app import imaging, tiling
 from app.engine import Engine
 from app.settings import Settings
+from app.upscaler import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,14 +130,9 @@ def raw_engine(bodies: list[bytes], scale: int, settings: Settings, seconds: flo
     flight as the service uses: no HTTP, no codecs, no queue."""
     engine = Engine(settings)
     engine.load()
-    jobs = []
-    for body in bodies:
-        decoded = imaging.decode(body, 10**9, 10**10, scale)
-        y = imaging.split(decoded.image).y
-        plan = tiling.plan_tiles(*y.shape, settings.tile_size, settings.tile_overlap)
-        jobs.append((tiling.cut_tiles(y / 255.0, plan), y.size * scale * scale))
-    all_tiles = np.concatenate([t for t, _ in jobs])
-    pixels_per_round = sum(p for _, p in jobs)
+    jobs = [prepare(body, scale, settings) for body in bodies]
+    all_tiles = np.concatenate([job.tiles for job in jobs])
+    pixels_per_round = sum(job.plan.height * job.plan.width * scale**2 for job in jobs)
     b = settings.max_batch_size
     batches = [all_tiles[i : i + b] for i in range(0, len(all_tiles), b)]
     workers = settings.resolved_workers(engine.on_gpu)

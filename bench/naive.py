@@ -16,9 +16,10 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from app import imaging, tiling
+from app import imaging
 from app.engine import Engine
 from app.settings import Settings
+from app.upscaler import finish, prepare
 
 
 def create_naive_app(settings: Settings) -> FastAPI:
@@ -28,17 +29,10 @@ def create_naive_app(settings: Settings) -> FastAPI:
     app = FastAPI()
 
     def work(data: bytes, scale: int) -> tuple[bytes, str]:
-        s = settings
-        decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
-        planes = imaging.split(decoded.image)
-        plan = tiling.plan_tiles(*planes.y.shape, s.tile_size, s.tile_overlap)
-        tiles = tiling.cut_tiles(planes.y / 255.0, plan)
-        out = np.concatenate([engine.run(scale, tiles[i : i + 1]) for i in range(len(tiles))])
-        y = tiling.merge_tiles(out, plan, scale) * 255.0
-        fmt = imaging.output_format(None, decoded.format)
-        body = imaging.encode(imaging.join(y, planes, scale), fmt, 90, decoded.icc_profile,
-                              s.png_compress_level)
-        return body, imaging.MEDIA_TYPES[fmt]
+        job = prepare(data, scale, settings)
+        out = np.concatenate([engine.run(scale, tile[None]) for tile in job.tiles])
+        fmt = imaging.output_format(None, job.decoded.format)
+        return finish(job, out, scale, fmt, 90, settings), imaging.MEDIA_TYPES[fmt]
 
     @app.get("/health/ready")
     async def ready() -> dict:
