@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,7 +37,6 @@ class Decoded:
     image: Image.Image  # oriented, mode one of RGB, RGBA, L, LA, I;16
     format: str | None  # the input's format, lower case (png, jpeg, webp, ...)
     icc_profile: bytes | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Decoded:

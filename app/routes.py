@@ -65,14 +65,6 @@ async def upscale(
         "Server-Timing": timing, "X-Tiles": str(result.tiles)})
 
 
-def _ready_response(request: Request) -> JSONResponse:
-    up = _upscaler(request)
-    if up.ready:
-        return JSONResponse({"status": "ready", "scales": up.scales})
-    return JSONResponse({"status": "not ready", "reason": up.reason}, 503,
-                        headers={"Retry-After": "5"})
-
-
 @router.get("/health/live")
 @router.get("/v2/health/live")
 async def live() -> dict:
@@ -82,7 +74,11 @@ async def live() -> dict:
 @router.get("/health/ready")
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    return _ready_response(request)
+    up = _upscaler(request)
+    if up.ready:
+        return JSONResponse({"status": "ready", "scales": up.scales})
+    return JSONResponse({"status": "not ready", "reason": up.reason}, 503,
+                        headers={"Retry-After": "5"})
 
 
 @router.get("/v1/models")
@@ -96,7 +92,6 @@ async def models(request: Request) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
+    # Queue depth needs no refresh here: the batcher reports every change through on_depth.
     up = _upscaler(request)
-    for scale, batcher in up.batchers.items():
-        up.metrics.queue_depth.labels(str(scale)).set(batcher.depth)
     return Response(generate_latest(up.metrics.registry), media_type=CONTENT_TYPE_LATEST)

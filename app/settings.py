@@ -57,13 +57,3 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // self.resolved_workers(on_gpu))
-
-    def describe(self) -> list[tuple[str, str, str]]:
-        """(env variable, default, meaning) rows for the README's settings table."""
-        rows = []
-        for name, field in type(self).model_fields.items():
-            default = field.default
-            if name == "model_dir":
-                default = "model/weights (bundled)"
-            rows.append((f"LSRCNN_{name.upper()}", str(default), field.description or ""))
-        return rows

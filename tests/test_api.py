@@ -337,3 +337,12 @@ def test_required_gpu_missing_means_not_ready() -> None:
             assert r.status_code == 503
 
     run(main())
+
+
+def test_readme_documents_every_setting() -> None:
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"LSRCNN_{name.upper()}" for name in Settings.model_fields
+               if f"`LSRCNN_{name.upper()}`" not in readme]
+    assert not missing, missing
