@@ -29,7 +29,12 @@ def set5_crop(name: str = "bird", box: tuple[int, int, int, int] = (0, 0, 60, 44
 
 
 def noise(mode: str, w: int, h: int, seed: int = 0) -> Image.Image:
+    """Random pixels in RGB, RGBA, L, LA, P (a palette of RGB noise) or 16-bit I;16."""
     rng = np.random.default_rng(seed)
+    if mode == "P":
+        return noise("RGB", w, h, seed).convert("P")
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
     channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]
     arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
     return Image.fromarray(arr[..., 0] if channels == 1 else arr)

@@ -10,32 +10,13 @@ from PIL import Image, ImageCms
 
 from app import imaging
 from app.imaging import ImageError, decode, encode, join, split
+from tests.helpers import noise, png_bytes
 
 BIG = 10**9
 
 
-def _bytes(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def _rng_image(mode: str, size: tuple[int, int] = (24, 16)) -> Image.Image:
-    rng = np.random.default_rng(0)
-    w, h = size
-    if mode == "RGB":
-        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    if mode == "RGBA":
-        return Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8))
-    if mode == "L":
-        return Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
-    if mode == "LA":
-        return Image.fromarray(rng.integers(0, 256, (h, w, 2), dtype=np.uint8))
-    if mode == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
-    if mode == "P":
-        return _rng_image("RGB", size).convert("P")
-    raise ValueError(mode)
+    return noise(mode, *size)
 
 
 def _roundtrip(img: Image.Image) -> Image.Image:
@@ -55,7 +36,7 @@ def test_colour_round_trip_is_lossless_to_the_last_level(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16"])
 def test_every_accepted_mode_decodes(mode: str) -> None:
-    decoded = decode(_bytes(_rng_image(mode)), BIG, BIG, 2)
+    decoded = decode(png_bytes(_rng_image(mode)), BIG, BIG, 2)
     expected = {"P": "RGB"}.get(mode, mode)
     assert decoded.image.mode == expected
     assert decoded.format == "png"
@@ -64,7 +45,7 @@ def test_every_accepted_mode_decodes(mode: str) -> None:
 def test_palette_with_transparency_keeps_alpha() -> None:
     img = _rng_image("P")
     img.info["transparency"] = 0
-    decoded = decode(_bytes(img, transparency=0), BIG, BIG, 2)
+    decoded = decode(png_bytes(img, transparency=0), BIG, BIG, 2)
     assert decoded.image.mode == "RGBA"
 
 
@@ -82,14 +63,14 @@ def test_exif_orientation_is_applied() -> None:
     img = _rng_image("RGB", (30, 10))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    decoded = decode(_bytes(img, "JPEG", exif=exif.tobytes()), BIG, BIG, 2)
+    decoded = decode(png_bytes(img, "JPEG", exif=exif.tobytes()), BIG, BIG, 2)
     assert decoded.image.size == (10, 30)
     assert decoded.format == "jpeg"
 
 
 def test_icc_profile_is_carried_to_the_output() -> None:
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    decoded = decode(_bytes(_rng_image("RGB"), icc_profile=icc), BIG, BIG, 2)
+    decoded = decode(png_bytes(_rng_image("RGB"), icc_profile=icc), BIG, BIG, 2)
     assert decoded.icc_profile == icc
     out = Image.open(io.BytesIO(encode(decoded.image, "png", 90, decoded.icc_profile)))
     assert out.info.get("icc_profile") == icc
@@ -97,7 +78,7 @@ def test_icc_profile_is_carried_to_the_output() -> None:
 
 def test_sixteen_bit_input_gives_sixteen_bit_png() -> None:
     img = _rng_image("I;16")
-    decoded = decode(_bytes(img), BIG, BIG, 2)
+    decoded = decode(png_bytes(img), BIG, BIG, 2)
     planes = split(decoded.image)
     out = Image.open(io.BytesIO(encode(join(planes.y, planes, 1), "png", 90, None)))
     assert out.mode.startswith("I")
@@ -130,7 +111,7 @@ def test_bad_input_gets_the_right_status(data: bytes, status: int) -> None:
 
 
 def test_truncated_image_is_a_400() -> None:
-    data = _bytes(_rng_image("RGB", (200, 200)))
+    data = png_bytes(_rng_image("RGB", (200, 200)))
     with pytest.raises(ImageError) as err:
         decode(data[: len(data) // 2], BIG, BIG, 2)
     assert err.value.status == 400
@@ -138,11 +119,11 @@ def test_truncated_image_is_a_400() -> None:
 
 def test_pixel_limits_apply_before_decoding() -> None:
     # A 20000 x 20000 PNG of one colour: tiny file, 400 MP once decoded (a decompression bomb).
-    bomb = _bytes(Image.new("L", (20000, 20000)), optimize=True)
+    bomb = png_bytes(Image.new("L", (20000, 20000)), optimize=True)
     assert len(bomb) < 1_000_000
     with pytest.raises(ImageError) as err:
         decode(bomb, 16_000_000, BIG, 2)
     assert err.value.status == 413
     with pytest.raises(ImageError) as err:  # output limit: scale^2 times the input
-        decode(_bytes(_rng_image("RGB", (100, 100))), BIG, 100 * 100 * 4 - 1, 2)
+        decode(png_bytes(_rng_image("RGB", (100, 100))), BIG, 100 * 100 * 4 - 1, 2)
     assert err.value.status == 413
