@@ -6,6 +6,9 @@ Knows nothing about HTTP. `run` is blocking; the batcher calls it from a worker 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,29 @@ def discover(model_dir: Path) -> dict[int, list[tuple[Path, dict[str, str]]]]:
     return found
 
 
+_ARENA: list[bool] = []
+
+
+def shared_cpu_arena() -> bool:
+    """One CPU arena for every session of the process, growing by what is asked for.
+
+    Each session's own arena (the default) keeps its peak for good and rounds growth up to
+    powers of two: three models and varying tile shapes then hold several times the memory
+    one call needs. A shared arena sized by what is requested holds one peak for all.
+    """
+    if not _ARENA:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                     ort.OrtMemType.DEFAULT)
+            # max_mem 0 = no cap; extend strategy 1 = kSameAsRequested; defaults otherwise.
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _ARENA.append(True)
+        except Exception as err:  # pragma: no cover - an ONNX Runtime without the API
+            log.warning("no shared CPU arena: %r", err)
+            _ARENA.append(False)
+    return _ARENA[0]
+
+
 def cuda_available() -> bool:
     return CUDA in ort.get_available_providers()
 
@@ -70,6 +96,12 @@ def choose(candidates: list[tuple[Path, dict[str, str]]], preset: str, on_gpu: b
         if meta.get("preset") == wanted:
             return path, meta
     return candidates[0]  # the only one, or none of the wanted preset: take what there is
+
+
+def _timed(call: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
 
 
 class Engine:
@@ -94,7 +126,12 @@ class Engine:
     def _options(self, on_gpu: bool) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.settings.resolved_threads(on_gpu)
+        opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Tile shapes vary per image: a memory pattern per shape would only pile up.
+        opts.enable_mem_pattern = False
+        if shared_cpu_arena():
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         return opts
 
     def load(self) -> None:
@@ -115,11 +152,20 @@ class Engine:
             self.models[scale] = ModelInfo(scale, meta.get("preset", "unknown"), path, active, meta)
             log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
 
-    def warm_up(self, tile: int, batch: int) -> None:
-        """Run the tile shape once at batch 1 and at the full batch, so first requests are fast."""
-        for scale in self.scales:
-            for n in sorted({1, batch}):
-                self.run(scale, np.zeros((n, 1, tile, tile), np.float32))
+    def warm_up(self, scale: int, shape: tuple[int, int], batch_sizes: tuple[int, ...],
+                workers: int) -> tuple[float, float]:
+        """Run every batch size at the largest tile shape, `workers` calls at once (so the
+        arena holds what a full load needs), and measure the cost of one call: seconds per
+        call (a tiny input) and per model pixel (the largest tile). Returns both."""
+        tiny = np.zeros((1, 1, 8, 8), np.float32)
+        for n in batch_sizes or (1,):
+            x = np.zeros((n, 1, *shape), np.float32)
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda x: self.run(scale, x), [x] * workers))
+        per_call = min(_timed(lambda: self.run(scale, tiny)) for _ in range(3))
+        x = np.random.default_rng(0).random((1, 1, *shape), dtype=np.float32)
+        big = min(_timed(lambda: self.run(scale, x)) for _ in range(2))
+        return max(big - per_call, 1e-9) / (shape[0] * shape[1]), per_call
 
     def run(self, scale: int, x: np.ndarray) -> np.ndarray:
         """[N, 1, T, T] of Y/255 in, [N, 1, sT, sT] out (same scale)."""

@@ -9,9 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from app.batcher import BatchFailed, DeadlineExceeded, QueueFull
 from app.engine import EngineError
 from app.imaging import ImageError
+from app.scheduler import BatchFailed, Busy, DeadlineExceeded, TooLarge
 
 log = logging.getLogger("app.errors")
 
@@ -65,9 +65,14 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, err: HTTPException) -> JSONResponse:
         return error_response(request, err.status_code, str(err.detail), err.headers)
 
-    @app.exception_handler(QueueFull)
-    async def _full(request: Request, err: QueueFull) -> JSONResponse:
-        return error_response(request, 503, "queue full, retry later", {"Retry-After": "1"})
+    @app.exception_handler(TooLarge)
+    async def _large(request: Request, err: TooLarge) -> JSONResponse:
+        return error_response(request, 413, str(err))
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, err: Busy) -> JSONResponse:
+        return error_response(request, 503, f"busy: {err}; retry later",
+                              {"Retry-After": str(err.retry_after_s)})
 
     @app.exception_handler(DeadlineExceeded)
     async def _late(request: Request, err: DeadlineExceeded) -> JSONResponse:

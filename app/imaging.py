@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,8 +40,22 @@ class Decoded:
     icc_profile: bytes | None = None
 
 
-def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Decoded:
-    """Open, check size limits from the header alone, then load and orient."""
+@dataclass
+class Probe:
+    """An image opened from its header only: size and format known, no pixels decoded."""
+
+    image: Image.Image
+    format: str | None
+    icc_profile: bytes | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) as stored; EXIF orientation may swap them at load."""
+        return self.image.height, self.image.width
+
+
+def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Probe:
+    """Open and check the size limits from the header alone: nothing big is allocated."""
     if not data:
         raise ImageError(400, "empty body: send the image bytes")
     try:
@@ -55,15 +70,19 @@ def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> 
         raise ImageError(413, "image has too many pixels") from err
     except Exception as err:
         raise ImageError(400, "corrupt image") from err
-    w, h = img.size  # from the header: nothing big allocated yet
+    w, h = img.size
     if w * h > max_pixels:
         raise ImageError(413, f"image has {w * h} pixels; the limit is {max_pixels}")
     if w * h * scale * scale > max_output_pixels:
         raise ImageError(413, f"output would have {w * h * scale * scale} pixels; "
                               f"the limit is {max_output_pixels}")
-    fmt = (img.format or "").lower() or None
-    icc = img.info.get("icc_profile")
+    return Probe(img, (img.format or "").lower() or None, img.info.get("icc_profile"))
+
+
+def load(probed: Probe) -> Decoded:
+    """Decode the pixels, apply EXIF orientation, normalise the mode."""
     try:
+        img = probed.image
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _normalise_mode(img)
@@ -71,7 +90,12 @@ def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> 
         raise
     except Exception as err:
         raise ImageError(400, "corrupt or truncated image") from err
-    return Decoded(img, fmt, icc)
+    return Decoded(img, probed.format, probed.icc_profile)
+
+
+def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Decoded:
+    """Open, check size limits from the header alone, then load and orient."""
+    return load(probe(data, max_pixels, max_output_pixels, scale))
 
 
 def _normalise_mode(img: Image.Image) -> Image.Image:
@@ -107,15 +131,20 @@ class Planes:
     mode: str  # the mode to rebuild
 
 
-def _rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def luma(rgb: np.ndarray) -> np.ndarray:
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = luma(rgb)
     cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
     cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
     return y, cb, cr
 
 
-def _ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
+def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
     y, cb, cr = y - 16.0, cb - 128.0, cr - 128.0
     r = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.402 * cr
     g = 255.0 / 219.0 * y - 255.0 / 224.0 * (
@@ -138,7 +167,7 @@ def split(img: Image.Image) -> Planes:
     arr = np.asarray(img)
     alpha = arr[..., -1].astype(np.float32) if mode in ("RGBA", "LA") else None
     if mode in ("RGB", "RGBA"):
-        y, cb, cr = _rgb_to_ycbcr(arr[..., :3])
+        y, cb, cr = rgb_to_ycbcr(arr[..., :3])
         return Planes(y, cb, cr, alpha, mode)
     if mode == "I;16":
         return Planes(gray_to_y(arr, 65535.0), None, None, None, mode)
@@ -153,7 +182,7 @@ def resize_plane(plane: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(img.resize((w * scale, h * scale), Image.BICUBIC))
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
+def to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
@@ -164,16 +193,16 @@ def join(y: np.ndarray, planes: Planes, scale: int) -> Image.Image:
         gray = np.clip(np.rint(y_to_gray(y, 65535.0)), 0, 65535).astype(np.uint16)
         return Image.fromarray(gray)
     if planes.cb is None:
-        gray = _to_uint8(y_to_gray(y, 255.0))
+        gray = to_uint8(y_to_gray(y, 255.0))
         if planes.alpha is None:
             return Image.fromarray(gray)
-        a = _to_uint8(resize_plane(planes.alpha, scale))
+        a = to_uint8(resize_plane(planes.alpha, scale))
         return Image.fromarray(np.stack([gray, a], axis=-1))
     cb, cr = resize_plane(planes.cb, scale), resize_plane(planes.cr, scale)
-    rgb = _to_uint8(_ycbcr_to_rgb(y, cb, cr))
+    rgb = to_uint8(ycbcr_to_rgb(y, cb, cr))
     if planes.alpha is None:
         return Image.fromarray(rgb)
-    a = _to_uint8(resize_plane(planes.alpha, scale))
+    a = to_uint8(resize_plane(planes.alpha, scale))
     return Image.fromarray(np.concatenate([rgb, a[..., None]], axis=-1))
 
 
@@ -184,16 +213,17 @@ def output_format(requested: str | None, input_format: str | None) -> str:
 
 
 def encode(img: Image.Image, fmt: str, quality: int, icc: bytes | None,
-           png_compress_level: int = 6) -> bytes:
+           png_compress_level: int = 6, fp: IO[bytes] | None = None) -> bytes:
+    """Encode to bytes, or into `fp` (then returns b"")."""
     if fmt == "jpeg" and img.mode in ("RGBA", "LA"):
         raise ImageError(422, "JPEG cannot hold an alpha channel; ask for png or webp")
     if fmt != "png" and img.mode == "I;16":
         img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8))
-    buf = io.BytesIO()
+    buf = fp if fp is not None else io.BytesIO()
     opts: dict = {"icc_profile": icc} if icc else {}
     if fmt == "png":
         opts["compress_level"] = png_compress_level
     else:
         opts["quality"] = quality
     img.save(buf, format=WRITABLE[fmt], **opts)
-    return buf.getvalue()
+    return buf.getvalue() if isinstance(buf, io.BytesIO) and fp is None else b""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
@@ -15,6 +17,7 @@ from app.errors import ApiError
 from app.upscaler import Upscaler
 
 router = APIRouter()
+T = TypeVar("T")
 
 RAW_TYPES = ("image/", "application/octet-stream")
 
@@ -59,10 +62,41 @@ async def upscale(
     arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + up.settings.request_timeout_s - (time.perf_counter() - arrived)
-    result = await up.upscale(data, scale, format, quality, deadline)
+    result = await _unless_client_leaves(request, up.upscale(data, scale, format, quality,
+                                                             deadline))
+    if result is None:  # nobody is listening; the status is for the log and the metrics
+        return Response(status_code=CLIENT_GONE)
     timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
-    return Response(result.body, media_type=result.media_type, headers={
-        "Server-Timing": timing, "X-Tiles": str(result.tiles)})
+    return StreamingResponse(result.chunks, media_type=result.media_type, headers={
+        "Content-Length": str(result.length), "Server-Timing": timing,
+        "X-Tiles": str(result.tiles), "X-Tile-Overhead": f"{result.overhead:.3f}"})
+
+
+# nginx's code for "client closed request": logged and counted, never sent.
+CLIENT_GONE = 499
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work` until it ends or the client disconnects; then cancel it (its waiting tiles
+    leave the queue) and return None. The body is read by now, so the next ASGI message
+    can only be the disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 @router.get("/health/live")
@@ -92,6 +126,5 @@ async def models(request: Request) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    # Queue depth needs no refresh here: the batcher reports every change through on_depth.
     up = _upscaler(request)
     return Response(generate_latest(up.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -29,12 +29,21 @@ class Settings(BaseSettings):
                          "(0 = auto: one per core on the CPU, 1 on the GPU)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per call "
                                   "(0 = auto: cores / workers)")
-    # Tiling and batching
-    tile_size: int = Field(128, ge=16, description="LR tile side fed to the model")
-    tile_overlap: int = Field(8, ge=0, description="LR context pixels kept around each tile core")
-    max_batch_size: int = Field(4, ge=1, description="tiles per model call")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a tile waits for a batch to fill")
+    # Tiling, batching and admission
+    tile_size: int = Field(176, ge=8, description="largest tile core side in LR pixels; a tile "
+                           "is at most tile_size + 2 * tile_overlap on each side")
+    tile_overlap: int = Field(4, ge=0, description="LR context pixels kept around each tile core")
+    tile_multiple: int = Field(0, ge=0, description="round tile sides up to a multiple of this, "
+                               "so fewer shapes need warming (0 = auto: 1 on the CPU, 32 on "
+                               "the GPU)")
+    max_batch_size: int = Field(0, ge=0, description="tiles of one shape per model call (0 = "
+                                "auto: 1 on the CPU, where batching measured slower; 8 on the GPU)")
     queue_limit: int = Field(2048, ge=1, description="tiles waiting, per model; beyond: 503")
+    max_tiles_per_request: int = Field(4096, ge=1, description="tiles one request may need; "
+                                       "beyond: 413")
+    admission_headroom: float = Field(0.8, gt=0, le=1, description="share of a request's "
+                                      "deadline that estimated model work may fill (the rest "
+                                      "is decoding, encoding and estimate error)")
     request_timeout_s: float = Field(60.0, gt=0, description="deadline per request; beyond: 504")
     # Limits
     max_body_bytes: int = Field(32 * 1024 * 1024, description="request body limit (413)")
@@ -57,3 +66,17 @@ class Settings(BaseSettings):
         if self.intra_op_threads:
             return self.intra_op_threads
         return max(1, (os.cpu_count() or 1) // self.resolved_workers(on_gpu))
+
+    def resolved_batch(self, on_gpu: bool) -> int:
+        return self.max_batch_size or (8 if on_gpu else 1)
+
+    def resolved_multiple(self, on_gpu: bool) -> int:
+        return self.tile_multiple or (32 if on_gpu else 1)
+
+    def batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
+        """Batch sizes the model is called with: powers of two on the GPU (each warmed, so
+        no call meets a first-time algorithm search); any size on the CPU (no padding)."""
+        if not on_gpu:
+            return ()
+        top = self.resolved_batch(on_gpu)
+        return tuple(sorted({min(2**k, top) for k in range(top.bit_length() + 1)}))

@@ -1,60 +1,62 @@
-"""The upscaling pipeline: decode -> tiles -> shared batcher -> merge -> encode.
+"""The upscaling pipeline: header -> plan -> admission -> decode -> fair tiles -> encode.
 
-Owns the engine and one batcher per scale; knows nothing about HTTP.
+Owns the engine and one scheduler per scale; knows nothing about HTTP. The cost of a
+request is known from the image header before anything is decoded: a request that cannot
+finish is refused then (413 alone, 503 with the queue), before any work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
+from PIL import Image
 
 from app import imaging, tiling
-from app.batcher import Batcher, BatchRecord
+from app.canvas import Canvas
 from app.engine import Engine
 from app.metrics import Metrics
+from app.scheduler import BatchRecord, Busy, CostModel, Job, Scheduler, TooLarge
 from app.settings import Settings
 
 log = logging.getLogger("app.upscaler")
 
+# Outputs above this many bytes hand their freed memory back to the system at once.
+TRIM_BYTES = 64 * 1024 * 1024
+
+
+def _malloc_trim() -> None:
+    """glibc keeps freed heap pages of big requests; give them back (no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
 
 @dataclass
 class Result:
-    body: bytes
+    chunks: Iterator[bytes]
+    length: int
     media_type: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles: int = 0
+    overhead: float = 1.0  # model pixels / image pixels
 
 
-@dataclass
-class Prepared:
-    """An image decoded, split into planes and cut into model-ready tiles."""
-
-    decoded: imaging.Decoded
-    planes: imaging.Planes
-    plan: tiling.TilePlan
-    tiles: np.ndarray  # [N, 1, T, T] of Y / 255
-
-
-def prepare(data: bytes, scale: int, settings: Settings) -> Prepared:
-    """Decode (with the size limits), split colour, cut Y into tiles. Blocking."""
-    s = settings
-    decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
-    planes = imaging.split(decoded.image)
-    plan = tiling.plan_tiles(*planes.y.shape, s.tile_size, s.tile_overlap)
-    return Prepared(decoded, planes, plan, tiling.cut_tiles(planes.y / 255.0, plan))
-
-
-def finish(job: Prepared, out_tiles: np.ndarray, scale: int, fmt: str, quality: int,
-           settings: Settings) -> bytes:
-    """Merge upscaled tiles, rejoin colour and alpha, encode. Blocking."""
-    y = tiling.merge_tiles(out_tiles, job.plan, scale) * 255.0
-    image = imaging.join(y, job.planes, scale)
-    return imaging.encode(image, fmt, quality, job.decoded.icc_profile,
-                          settings.png_compress_level)
+def upscale_direct(engine: Engine, image: Image.Image, scale: int, settings: Settings
+                   ) -> Image.Image:
+    """The service's tiling and colour path on one decoded image, without HTTP or the
+    scheduler: one tile a call, in order (benchmarks, the README figure)."""
+    plan = tiling.plan_tiles(image.height, image.width, settings.tile_size,
+                             settings.tile_overlap)
+    canvas = Canvas(image, plan, scale)
+    for r, c in plan.tiles():
+        canvas.paste(r, c, engine.run(scale, canvas.tile(r, c)[None, None])[0, 0])
+    return canvas.out
 
 
 class Upscaler:
@@ -62,68 +64,123 @@ class Upscaler:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine or Engine(settings)
-        self.batchers: dict[int, Batcher] = {}
+        self.schedulers: dict[int, Scheduler] = {}
         self.ready = False
         self.reason = "models loading"
 
     @property
     def scales(self) -> list[int]:
-        return sorted(self.batchers)
+        return sorted(self.schedulers)
+
+    def bound(self) -> int:
+        """Largest tile side: the tile size plus context on both sides, rounded up."""
+        s, on_gpu = self.settings, self.engine.on_gpu
+        m = s.resolved_multiple(on_gpu)
+        return -(-(s.tile_size + 2 * s.tile_overlap) // m) * m
 
     async def start(self) -> None:
-        """Load and warm every model, then start batching. Failures leave us not ready."""
+        """Load and warm every model, then start scheduling. Failures leave us not ready."""
         s = self.settings
+        costs: dict[int, CostModel] = {}
         try:
             await asyncio.to_thread(self.engine.load)
             self.reason = "models warming up"
-            await asyncio.to_thread(self.engine.warm_up, s.tile_size, s.max_batch_size)
+            on_gpu = self.engine.on_gpu
+            for scale in self.engine.scales:
+                per_pixel, per_call = await asyncio.to_thread(
+                    self.engine.warm_up, scale, (self.bound(), self.bound()),
+                    s.batch_sizes(on_gpu), s.resolved_workers(on_gpu))
+                costs[scale] = CostModel(per_pixel, per_call)
         except Exception as err:
             self.reason = f"model load failed: {err}"
             log.exception("model load failed")
             return
+        on_gpu = self.engine.on_gpu
         for scale in self.engine.scales:
             info = self.engine.models[scale]
-            self.metrics.model_info.labels(str(scale), info.preset, info.provider).set(1)
-            batcher = Batcher(
-                lambda x, scale=scale: self.engine.run(scale, x),
-                max_batch=s.max_batch_size, max_wait_s=s.max_wait_ms / 1000.0,
-                queue_limit=s.queue_limit, name=f"x{scale}",
-                workers=s.resolved_workers(self.engine.on_gpu),
-                on_batch=lambda rec, scale=scale: self._record_batch(scale, rec),
-                on_depth=lambda d, scale=scale: self.metrics.queue_depth.labels(str(scale)).set(d),
-            )
-            batcher.start()
-            self.batchers[scale] = batcher
+            label = str(scale)
+            self.metrics.model_info.labels(label, info.preset, info.provider).set(1)
+            sched = Scheduler(
+                lambda x, scale=scale: self.engine.run(scale, x), costs[scale],
+                workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),
+                batch_sizes=s.batch_sizes(on_gpu), max_tiles=s.max_tiles_per_request,
+                queue_limit=s.queue_limit, timeout_s=s.request_timeout_s,
+                headroom=s.admission_headroom, name=f"x{scale}",
+                on_batch=lambda rec, label=label: self._record_batch(label, rec),
+                on_withdraw=lambda job, label=label: self._record_withdraw(label, job))
+            self.metrics.watch(label, sched)
+            self.schedulers[scale] = sched
         self.ready, self.reason = True, "ready"
         log.info("ready: scales %s", self.scales)
 
     async def stop(self) -> None:
         self.ready, self.reason = False, "shutting down"
-        for batcher in self.batchers.values():
-            await batcher.stop()
+        for sched in self.schedulers.values():
+            await sched.stop()
 
-    def _record_batch(self, scale: int, rec: BatchRecord) -> None:
-        label = str(scale)
-        self.metrics.batch_size.labels(label).observe(rec.size)
-        self.metrics.inference_seconds.labels(label).observe(rec.seconds)
-        self.metrics.tiles.labels(label).inc(rec.size)
+    def _record_batch(self, label: str, rec: BatchRecord) -> None:
+        m = self.metrics
+        m.batch_size.labels(label).observe(rec.size)
+        m.inference_seconds.labels(label).observe(rec.seconds)
+        m.tiles.labels(label).inc(rec.size)
+        if rec.cancelled_s:
+            m.withdrawn_model_seconds.labels(label).inc(rec.cancelled_s)
+
+    def _record_withdraw(self, label: str, job: Job) -> None:
+        m = self.metrics
+        m.withdrawn_requests.labels(label).inc()
+        m.withdrawn_tiles.labels(label).inc(job.waiting)
+        m.withdrawn_model_seconds.labels(label).inc(job.model_s)
+
+    def plan(self, scale: int, height: int, width: int) -> tiling.TilePlan:
+        """The cheapest grid; spread over the workers nothing is waiting for."""
+        s, on_gpu = self.settings, self.engine.on_gpu
+        return tiling.plan_tiles(height, width, s.tile_size, s.tile_overlap,
+                                 min_tiles=max(1, self.schedulers[scale].free_workers()),
+                                 multiple=s.resolved_multiple(on_gpu))
 
     async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
                       deadline: float) -> Result:
-        batcher = self.batchers[scale]
+        s, sched, label = self.settings, self.schedulers[scale], str(scale)
         t0 = time.perf_counter()
-        job = await asyncio.to_thread(prepare, data, scale, self.settings)
-        out_fmt = imaging.output_format(fmt, job.decoded.format)
-        t1 = time.perf_counter()
-        out_tiles, stats = await batcher.submit(job.tiles, deadline)
+        probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale)
+        out_fmt = imaging.output_format(fmt, probed.format)
+        plan = self.plan(scale, *probed.size)
+        try:
+            job = sched.admit(plan, deadline)
+        except (TooLarge, Busy) as err:
+            reason = "too_large" if isinstance(err, TooLarge) else "busy"
+            self.metrics.rejected.labels(label, reason).inc()
+            raise
+        try:
+            decoded = await asyncio.to_thread(imaging.load, probed)
+            image = decoded.image
+            if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
+                plan = self.plan(scale, image.height, image.width)
+                job.plan = plan
+            canvas = Canvas(image, plan, scale)
+            del image, decoded
+            t1, loop_t1 = time.perf_counter(), asyncio.get_running_loop().time()
+            await sched.run(job, canvas.tile, canvas.paste)
+        finally:
+            sched.release(job)
         t2 = time.perf_counter()
-        body = await asyncio.to_thread(finish, job, out_tiles, scale, out_fmt, quality,
-                                       self.settings)
+        writer = await asyncio.to_thread(canvas.encode, out_fmt, quality, probed.icc_profile,
+                                         s.png_compress_level)
+        out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
+        del canvas
+        if out_bytes > TRIM_BYTES:
+            await asyncio.to_thread(_malloc_trim)
         t3 = time.perf_counter()
-        inference = min(stats.inference_s, t2 - t1)
-        timings = {"decode": t1 - t0, "queue": (t2 - t1) - inference, "inference": inference,
-                   "encode": t3 - t2}
-        self.metrics.queue_seconds.labels(str(scale)).observe(timings["queue"])
-        plan = job.plan
-        self.metrics.output_pixels.labels(str(scale)).inc(plan.height * plan.width * scale**2)
-        return Result(body, imaging.MEDIA_TYPES[out_fmt], timings, plan.count)
+        queued = job.started_at - loop_t1 if job.started_at is not None else 0.0
+        timings = {"decode": t1 - t0, "queue": max(0.0, queued), "inference": job.model_s,
+                   "encode": t3 - t2, "tiles": t2 - t1}
+        m = self.metrics
+        m.queue_seconds.labels(label).observe(timings["queue"])
+        m.tile_overhead.labels(label).observe(plan.overhead)
+        m.model_pixels.labels(label).inc(plan.model_pixels)
+        m.input_pixels.labels(label).inc(plan.height * plan.width)
+        m.output_pixels.labels(label).inc(plan.height * plan.width * scale**2)
+        return Result(writer.drain(), writer.size, imaging.MEDIA_TYPES[out_fmt], timings,
+                      plan.count, plan.overhead)
+

@@ -10,7 +10,6 @@ what each method made).
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,14 @@ from PIL import Image, ImageDraw
 
 from app.engine import Engine
 from app.settings import Settings
-from app.upscaler import finish, prepare
+from app.upscaler import upscale_direct
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def upscale(engine: Engine, settings: Settings, img: Image.Image, scale: int) -> Image.Image:
-    """The service's own path (decode, tiles, model, merge, encode), as lossless PNG."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    job = prepare(buf.getvalue(), scale, settings)
-    out = engine.run(scale, job.tiles)
-    return Image.open(io.BytesIO(finish(job, out, scale, "png", 90, settings)))
+    """The service's own path (tiles, model, colour), as the service would answer it."""
+    return upscale_direct(engine, img, scale, settings)
 
 
 def main() -> None:

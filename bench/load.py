@@ -1,11 +1,16 @@
-"""Load benchmark: the service under 1, 4 and 16 concurrent clients, beside the raw engine
-and a naive server, on the same images, tiles and machine, in one run.
+"""Load benchmark: the service against what a user could do without it, in one run.
 
-    python -m bench.load [--images DIR] [--scale 2] [--seconds 20] [--clients 1 4 16]
+    python -m bench.load [--images DIR] [--crop 256] [--scale 2] [--clients 1 16]
+                         [--seconds 20] [--compare OTHER_CHECKOUT ...]
 
-Servers run as uvicorn subprocesses on 127.0.0.1 (loopback only); each level sends requests
-for a bounded time and count. Reports output megapixels/s, p50/p95/p99 latency and mean
-batch size (from the service's own /metrics).
+Baselines, on the same images, machine and run:
+- whole image: the same ONNX file run once per image on the whole Y plane, one session
+  using every core, no HTTP, no tiling, no codecs (what a user could do with no service);
+- same tiles: the service's own tile plans straight through its engine and workers, no HTTP.
+The service (and each `--compare` checkout, e.g. an older commit in a git worktree) runs as
+a uvicorn subprocess on 127.0.0.1; each client level sends requests for a bounded time and
+count. Reports output megapixels/s, the two ratios, latency percentiles, the status counts
+and the tile overhead the service reported.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +34,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from app import imaging, tiling
 from app.engine import Engine
 from app.settings import Settings
-from app.upscaler import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,11 +48,12 @@ def _free_port() -> int:
 
 
 def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
-                 output: int = subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
-    """Start `python -m module` on a free loopback port; return once /health/ready is 200."""
+                 output: int = subprocess.DEVNULL, cwd: Path = ROOT
+                 ) -> tuple[subprocess.Popen, str]:
+    """Start `python -m module` (from `cwd`) on a free loopback port; return once ready."""
     port = _free_port()
     full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=full_env,
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=full_env,
                             stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -65,26 +72,95 @@ def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
 
 
 @contextmanager
-def server(module: str, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    proc, url = start_server(module, {**env, "LSRCNN_LOG_LEVEL": "warning"})
+def server(env: dict[str, str] | None = None, cwd: Path = ROOT):  # type: ignore[no-untyped-def]
+    proc, url = start_server("app", {**(env or {}), "LSRCNN_LOG_LEVEL": "warning"}, cwd=cwd)
     try:
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=60)
 
 
-def _batch_stats(url: str) -> tuple[float, float]:
+def metric(url: str, name: str, labels: str = "") -> float:
+    """Sum of a metric's samples whose labels contain `labels` (0 when absent)."""
     text = httpx.get(f"{url}/metrics").text
-    def value(name: str) -> float:
-        m = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
-    return value("lsrcnn_batch_size_sum"), value("lsrcnn_batch_size_count")
+    pattern = rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$"
+    return sum(float(m.group(2)) for m in re.finditer(pattern, text, re.M)
+               if labels in (m.group(1) or ""))
+
+
+def load_images(folder: str, crop: int | None) -> list[Image.Image]:
+    """RGB images of a folder; with `crop`, the centre crop x crop of each one big enough."""
+    images = []
+    for path in sorted(Path(folder).glob("*.png")):
+        img = Image.open(path).convert("RGB")
+        if crop:
+            if min(img.size) < crop:
+                continue
+            x, y = (img.width - crop) // 2, (img.height - crop) // 2
+            img = img.crop((x, y, x + crop, y + crop))
+        images.append(img)
+    return images
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rounds(work, seconds: float) -> tuple[int, float]:  # type: ignore[no-untyped-def]
+    """Run `work()` for at least `seconds` and at least once; rounds and wall time."""
+    rounds, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or rounds == 0:
+        work()
+        rounds += 1
+    return rounds, time.perf_counter() - t0
+
+
+def whole_image(images: list[Image.Image], scale: int, seconds: float) -> dict:
+    """Each image's Y once, whole, in one call on a session that uses every core."""
+    engine = Engine(Settings(workers=1, intra_op_threads=os.cpu_count() or 1))
+    engine.load()
+    planes = [imaging.split(img).y[None, None] / np.float32(255.0) for img in images]
+    engine.run(scale, planes[0])
+    calls: list[float] = []
+
+    def work() -> None:
+        for y in planes:
+            t0 = time.perf_counter()
+            engine.run(scale, y)
+            calls.append(time.perf_counter() - t0)
+
+    rounds, wall = _rounds(work, seconds)
+    pixels = sum(img.width * img.height for img in images) * scale**2
+    return {"mp_s": rounds * pixels / wall / 1e6, "call_p50": float(np.median(calls))}
+
+
+def same_tiles(images: list[Image.Image], scale: int, settings: Settings,
+               seconds: float) -> dict:
+    """The service's tile plans (as under load: no spreading) through its engine and
+    workers, one tile a call: the service's own model work without HTTP or codecs."""
+    engine = Engine(settings)
+    engine.load()
+    tiles = []
+    for img in images:
+        y = imaging.split(img).y / np.float32(255.0)
+        plan = tiling.plan_tiles(img.height, img.width, settings.tile_size,
+                                 settings.tile_overlap)
+        tiles += [tiling.cut(y, plan, r, c)[None, None] for r, c in plan.tiles()]
+    workers = settings.resolved_workers(engine.on_gpu)
+    with ThreadPoolExecutor(workers) as pool:
+        rounds, wall = _rounds(lambda: list(pool.map(lambda x: engine.run(scale, x), tiles)),
+                               seconds)
+    pixels = sum(img.width * img.height for img in images) * scale**2
+    return {"mp_s": rounds * pixels / wall / 1e6, "tiles": len(tiles), "workers": workers}
 
 
 async def _drive(url: str, bodies: list[bytes], scale: int, clients: int, seconds: float,
-                 max_requests: int) -> tuple[list[float], int, float]:
+                 max_requests: int) -> tuple[list[float], Counter, int, float]:
     latencies: list[float] = []
+    statuses: Counter = Counter()
     pixels = 0
     sent = 0
     stop_at = time.perf_counter() + seconds
@@ -99,93 +175,81 @@ async def _drive(url: str, bodies: list[bytes], scale: int, clients: int, second
             t0 = time.perf_counter()
             r = await http.post(f"{url}/upscale?scale={scale}", content=body,
                                 headers={"content-type": "image/png"})
-            latencies.append(time.perf_counter() - t0)
-            r.raise_for_status()
-            w, h = Image.open(io.BytesIO(r.content)).size
-            pixels += w * h
+            statuses[r.status_code] += 1
+            if r.status_code == 200:
+                latencies.append(time.perf_counter() - t0)
+                w, h = Image.open(io.BytesIO(r.content)).size
+                pixels += w * h
 
     t0 = time.perf_counter()
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as http:
         await asyncio.gather(*(client(k, http) for k in range(clients)))
-    return latencies, pixels, time.perf_counter() - t0
+    return latencies, statuses, pixels, time.perf_counter() - t0
 
 
 def measure(url: str, bodies: list[bytes], scale: int, clients: int, seconds: float,
-            max_requests: int, batched: bool) -> dict:
-    # One untimed pass warms the connection pool and any lazy state.
-    asyncio.run(_drive(url, bodies[:1], scale, 1, 0.0, 1))
-    before = _batch_stats(url) if batched else (0.0, 0.0)
-    lat, pixels, wall = asyncio.run(_drive(url, bodies, scale, clients, seconds, max_requests))
-    after = _batch_stats(url) if batched else (0.0, 0.0)
-    tiles, batches = after[0] - before[0], after[1] - before[1]
+            max_requests: int) -> dict:
+    asyncio.run(_drive(url, bodies[:1], scale, 1, 0.0, 1))  # warm the connection and caches
+    before = (metric(url, "lsrcnn_model_pixels_total"), metric(url, "lsrcnn_input_pixels_total"))
+    lat, statuses, pixels, wall = asyncio.run(_drive(url, bodies, scale, clients, seconds,
+                                                     max_requests))
+    model_px = metric(url, "lsrcnn_model_pixels_total") - before[0]
+    input_px = metric(url, "lsrcnn_input_pixels_total") - before[1]
     q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
-    return {"clients": clients, "requests": len(lat), "mp_s": pixels / wall / 1e6,
-            "p50": q[0], "p95": q[1], "p99": q[2],
-            "batch": tiles / batches if batches else float("nan")}
-
-
-def raw_engine(bodies: list[bytes], scale: int, settings: Settings, seconds: float) -> dict:
-    """The same tiles straight through the engine in full batches, with as many calls in
-    flight as the service uses: no HTTP, no codecs, no queue."""
-    engine = Engine(settings)
-    engine.load()
-    jobs = [prepare(body, scale, settings) for body in bodies]
-    all_tiles = np.concatenate([job.tiles for job in jobs])
-    pixels_per_round = sum(job.plan.height * job.plan.width * scale**2 for job in jobs)
-    b = settings.max_batch_size
-    batches = [all_tiles[i : i + b] for i in range(0, len(all_tiles), b)]
-    workers = settings.resolved_workers(engine.on_gpu)
-    engine.run(scale, batches[0])
-    rounds, t0 = 0, time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        while time.perf_counter() - t0 < seconds or rounds == 0:
-            list(pool.map(lambda x: engine.run(scale, x), batches))
-            rounds += 1
-    wall = time.perf_counter() - t0
-    return {"mp_s": rounds * pixels_per_round / wall / 1e6, "tiles": len(all_tiles),
-            "rounds": rounds, "workers": workers}
+    return {"clients": clients, "requests": sum(statuses.values()), "statuses": dict(statuses),
+            "mp_s": pixels / wall / 1e6, "p50": q[0], "p95": q[1], "p99": q[2],
+            "overhead": model_px / input_px if input_px else float("nan")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--images", default=str(ROOT / "tests" / "data" / "Set5"))
+    p.add_argument("--crop", type=int, default=None, help="centre crops of this side")
     p.add_argument("--scale", type=int, default=2)
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     p.add_argument("--seconds", type=float, default=20.0, help="per level")
-    p.add_argument("--max-requests", type=int, default=400, help="per level")
+    p.add_argument("--max-requests", type=int, default=2000, help="per level")
+    p.add_argument("--compare", nargs="*", default=[], help="other checkouts to serve too")
     args = p.parse_args()
 
-    paths = sorted(Path(args.images).glob("*.png"))
-    bodies = [path.read_bytes() for path in paths]
+    images = load_images(args.images, args.crop)
+    bodies = [png(img) for img in images]
     settings = Settings()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
-    print(f"images: {len(bodies)} from {Path(args.images).name}, x{args.scale}; tile "
-          f"{settings.tile_size}/{settings.tile_overlap}, max batch {settings.max_batch_size}, "
-          f"max wait {settings.max_wait_ms} ms\n")
+    sizes = sorted({img.size for img in images})
+    print(f"images: {len(images)} from {Path(args.images).name}"
+          f"{f', {args.crop}x{args.crop} crops' if args.crop else ''} ({sizes[0]}..{sizes[-1]}),"
+          f" x{args.scale}\n", flush=True)
 
-    raw = raw_engine(bodies, args.scale, settings, args.seconds)
-    print(f"raw engine: {raw['mp_s']:.3f} output MP/s ({raw['tiles']} tiles a round, "
-          f"{raw['rounds']} rounds, {raw['workers']} calls in flight)\n", flush=True)
+    whole = whole_image(images, args.scale, args.seconds)
+    print(f"whole image: {whole['mp_s']:.3f} output MP/s, median call {whole['call_p50']:.3f} s",
+          flush=True)
+    tiles = same_tiles(images, args.scale, settings, args.seconds)
+    print(f"same tiles: {tiles['mp_s']:.3f} output MP/s ({tiles['tiles']} tiles a round, "
+          f"{tiles['workers']} workers)\n", flush=True)
 
     rows = []
-    for name, module, batched in (("service", "app", True), ("naive", "bench.naive", False)):
-        with server(module, {}) as url:
+    for name, cwd in [("service", ROOT), *((Path(c).name, Path(c)) for c in args.compare)]:
+        with server(cwd=cwd) as (url, _):
             for c in args.clients:
-                r = measure(url, bodies, args.scale, c, args.seconds, args.max_requests, batched)
+                r = measure(url, bodies, args.scale, c, args.seconds, args.max_requests)
                 rows.append((name, r))
-                print(f"{name} c={c}: {r['mp_s']:.3f} MP/s", flush=True)
+                print(f"{name} c={c}: {r['mp_s']:.3f} MP/s {r['statuses']}", flush=True)
 
-    print("\n| server | clients | requests | output MP/s | vs raw engine | p50 s | p95 s | p99 s "
-          "| mean batch |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| raw engine (no HTTP) | - | - | {raw['mp_s']:.3f} | 100% | - | - | - | "
-          f"{settings.max_batch_size} |")
+    print("\n| server | clients | requests | statuses | output MP/s | vs whole image "
+          "| vs same tiles | p50 s | p50 / whole call | p99 s | tile overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| whole image, no HTTP | - | - | - | {whole['mp_s']:.3f} | 1.00 | - | - | - | - "
+          "| 1.00 |")
+    print(f"| same tiles, no HTTP | - | - | - | {tiles['mp_s']:.3f} | "
+          f"{tiles['mp_s'] / whole['mp_s']:.2f} | 1.00 | - | - | - | - |")
     for name, r in rows:
-        batch = f"{r['batch']:.1f}" if r["batch"] == r["batch"] else "1 (per tile)"
-        print(f"| {name} | {r['clients']} | {r['requests']} | {r['mp_s']:.3f} | "
-              f"{r['mp_s'] / raw['mp_s']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | "
-              f"{r['p99']:.2f} | {batch} |")
+        statuses = " ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+        print(f"| {name} | {r['clients']} | {r['requests']} | {statuses} | {r['mp_s']:.3f} | "
+              f"{r['mp_s'] / whole['mp_s']:.2f} | {r['mp_s'] / tiles['mp_s']:.2f} | "
+              f"{r['p50']:.3f} | {r['p50'] / whole['call_p50']:.2f} | {r['p99']:.3f} | "
+              f"{r['overhead']:.3f} |")
 
 
 if __name__ == "__main__":

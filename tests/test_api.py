@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import generate_latest
 
 from app.engine import Engine, EngineError
 from app.settings import Settings
+from app.tiling import plan_tiles
 from tests.helpers import TEST_SETTINGS, make_app, noise, png_bytes, running, set5_crop
 
 PNG = {"content-type": "image/png"}
@@ -96,7 +99,10 @@ def test_large_image_is_tiled() -> None:
         async with running(make_app(tile_size=64, tile_overlap=8)) as c:
             r = await c.post("/upscale?scale=2", content=png_bytes(img), headers=PNG)
             assert r.status_code == 200
-            assert int(r.headers["x-tiles"]) == 5 * 3
+            plan = plan_tiles(130, 250, 64, 8)
+            assert int(r.headers["x-tiles"]) == plan.count == 8
+            assert float(r.headers["x-tile-overhead"]) == pytest.approx(plan.overhead, abs=1e-3)
+            assert r.headers["content-length"] == str(len(r.content))
             assert Image.open(io.BytesIO(r.content)).size == (500, 260)
 
     run(main())
@@ -213,7 +219,7 @@ def test_models_and_metrics_endpoints() -> None:
 def test_concurrent_requests_are_batched_together() -> None:
     """Eight one-tile requests at once: the model sees fewer, larger batches."""
     async def main() -> str:
-        app = make_app(max_wait_ms=50, max_batch_size=8)
+        app = make_app(max_batch_size=8)
         async with running(app) as c:
             imgs = [png_bytes(noise("RGB", 24, 24, seed=i)) for i in range(8)]
             rs = await asyncio.gather(*(c.post("/upscale?scale=2", content=b, headers=PNG)
@@ -264,19 +270,93 @@ def test_queue_full_is_503_with_retry_after() -> None:
     async def main() -> None:
         async with running(make_app(queue_limit=2, tile_size=32, tile_overlap=4)) as c:
             r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 100, 100)),
-                             headers=PNG)  # 16 tiles of 32 > the queue limit
-            assert r.status_code == 503 and r.headers["retry-after"] == "1"
-            assert _error(r)
+                             headers=PNG)  # 9 tiles of 32 > the queue limit
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+            assert "limit is 2" in _error(r)["error"]
 
     run(main())
 
 
+class SlowWhenArmed(Engine):
+    """Slower than its warm-up said: admission lets the request in, the deadline passes."""
+
+    armed = False
+
+    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+        if self.armed:
+            time.sleep(0.2)
+        return super().run(scale, x)
+
+
 def test_deadline_is_504() -> None:
+    settings = Settings(**{**TEST_SETTINGS, "request_timeout_s": 1.0})
+    engine = SlowWhenArmed(settings)
+
     async def main() -> None:
-        async with running(make_app(request_timeout_s=0.001)) as c:
+        from app.main import create_app
+
+        async with running(create_app(settings, engine)) as c:
+            engine.armed = True
             r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 300, 300)),
                              headers=PNG)
             assert r.status_code == 504 and _error(r)
+            engine.armed = False
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8)),
+                             headers=PNG)
+            assert r.status_code == 200
+
+    run(main())
+
+
+def test_too_much_work_is_413_before_decoding_with_the_largest_input() -> None:
+    async def main() -> None:
+        async with running(make_app(request_timeout_s=0.05)) as c:
+            r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 600, 600)),
+                             headers=PNG)
+            assert r.status_code == 413
+            assert "largest input that can finish is about" in _error(r)["error"]
+            text = (await c.get("/metrics")).text
+            assert 'lsrcnn_rejected_total{reason="too_large",scale="2"} 1.0' in text
+            assert 'lsrcnn_tiles_total{scale="2"}' not in text  # no model work at all
+
+    run(main())
+
+
+def test_client_that_leaves_is_withdrawn() -> None:
+    """The ASGI disconnect cancels the request: its waiting tiles never run."""
+    app = make_app(tile_size=24, tile_overlap=4)
+
+    async def main() -> None:
+        async with running(app):
+            body = png_bytes(noise("RGB", 400, 400))
+            sent: list[dict] = []
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+            left = asyncio.Event()
+
+            async def receive() -> dict:
+                if messages:
+                    return messages.pop(0)
+                await asyncio.sleep(0.3)  # the client hangs up 0.3 s after sending
+                left.set()
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/upscale",
+                     "query_string": b"scale=2", "headers": [(b"content-type", b"image/png")],
+                     "http_version": "1.1", "scheme": "http", "server": ("test", 80),
+                     "client": ("127.0.0.1", 1), "root_path": "", "app": app}
+            await app(scope, receive, send)
+            assert left.is_set()
+            assert sent[0]["status"] == 499
+            text = generate_latest(app.state.metrics.registry).decode()
+            withdrawn = next(line for line in text.splitlines()
+                             if line.startswith('lsrcnn_withdrawn_tiles_total{scale="2"}'))
+            ran = next(line for line in text.splitlines()
+                       if line.startswith('lsrcnn_tiles_total{scale="2"}'))
+            assert float(withdrawn.split()[-1]) > 100  # of 324 tiles, most never ran
+            assert float(ran.split()[-1]) < 324 - 100
 
     run(main())
 

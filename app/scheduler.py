@@ -1,0 +1,360 @@
+"""Cost-aware scheduling of tiles: admission in seconds of work, fair turns, cancellation.
+
+One scheduler per model. A request is admitted as a `Job` only if its estimated model time
+(from its tile plan and a per-pixel rate learned from recent batches) fits its deadline
+with every admitted job still meeting its own (Triton's bounded queue with REJECT, counted
+in seconds, not items: one thin image can be a thousand tiles). Admitted jobs are served in
+fair turns (round robin, one tile a turn; a newly arrived job takes the next turn, as the
+sparse-flow rule of fq_codel does), so a big image cannot hold everyone else. Tiles are cut
+lazily, at most one batch per free worker, in the worker thread that runs them, and pasted
+straight into their job's output there. A job whose waiter goes away (client disconnect,
+deadline) is withdrawn: its tiles not yet started are never run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.tiling import TilePlan
+
+log = logging.getLogger("app.scheduler")
+
+
+class TooLarge(Exception):
+    """The request alone cannot finish within the deadline, or has too many tiles (413)."""
+
+
+class Busy(Exception):
+    """The queued work plus this request would pass a deadline: retry later (503)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its tiles were done (504)."""
+
+
+class BatchFailed(Exception):
+    """The model call for a batch holding this request's tiles failed (500)."""
+
+
+@dataclass
+class CostModel:
+    """Seconds of one worker for a tile plan: a cost per call plus a cost per model pixel.
+
+    The per-call cost is measured once at warm-up; the per-pixel rate starts from warm-up
+    and follows recent batches (exponential moving average), so it tracks the machine as
+    it is loaded now.
+    """
+
+    per_pixel_s: float
+    per_call_s: float = 0.0
+    smoothing: float = 0.2
+
+    def seconds(self, pixels: float, calls: float) -> float:
+        return pixels * self.per_pixel_s + calls * self.per_call_s
+
+    def estimate(self, plan: TilePlan) -> float:
+        return self.seconds(plan.model_pixels, plan.count)
+
+    def observe(self, pixels: int, calls: int, seconds: float) -> None:
+        if pixels <= 0:
+            return
+        rate = max(seconds - calls * self.per_call_s, 0.0) / pixels
+        if rate > 0:
+            self.per_pixel_s += self.smoothing * (rate - self.per_pixel_s)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's tiles: what is left to run, what is done, and what it cost."""
+
+    plan: TilePlan
+    deadline: float  # loop time
+    cut: Callable[[int, int], np.ndarray] | None = None  # (row, col) -> [th, tw] tile
+    paste: Callable[[int, int, np.ndarray], None] | None = None  # (row, col, output tile)
+    done_future: asyncio.Future | None = None
+    pending: Iterator[tuple[int, int]] | None = None
+    issued: int = 0
+    done: int = 0
+    model_s: float = 0.0  # worker seconds spent on its tiles
+    started_at: float | None = None  # when its first tile began
+    cancelled: bool = False
+    error: BaseException | None = None
+    batches: set[int] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        return self.plan.count
+
+    @property
+    def waiting(self) -> int:
+        """Tiles not yet handed to a worker."""
+        return self.total - self.issued
+
+
+@dataclass
+class BatchRecord:
+    batch_id: int
+    size: int  # tiles of requests (padding excluded)
+    padded: int  # tiles in the model call
+    jobs: int
+    seconds: float  # worker seconds: cut, model call, paste
+    pixels: int  # model pixels of the real tiles
+    cancelled_tiles: int  # tiles whose job was withdrawn while they ran
+    cancelled_s: float  # their share of the worker seconds
+
+
+@dataclass
+class Scheduler:
+    model: Callable[[np.ndarray], np.ndarray]  # blocking model call, [N,1,h,w] -> [N,1,sh,sw]
+    cost: CostModel
+    workers: int = 1
+    max_batch: int = 1
+    batch_sizes: tuple[int, ...] = ()  # pad batches up to these sizes (GPU); () = no padding
+    max_tiles: int = 4096  # per request
+    queue_limit: int = 2048  # tiles waiting in all, beside the limit in seconds
+    timeout_s: float = 60.0  # the service's request deadline
+    headroom: float = 0.8  # share of a deadline the model work may fill
+    name: str = "model"
+    on_batch: Callable[[BatchRecord], None] = lambda record: None
+    on_withdraw: Callable[[Job], None] = lambda job: None  # waiting tiles dropped
+
+    def __post_init__(self) -> None:
+        self._ring: deque[Job] = deque()  # admitted jobs with tiles waiting, in turn order
+        self._jobs: set[Job] = set()  # admitted, not finished
+        self._busy = 0  # workers running a batch
+        self._batches = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=f"infer-{self.name}")
+        self._closed = False
+
+    # -- what the queue holds ------------------------------------------------------------
+
+    @property
+    def waiting_tiles(self) -> int:
+        return sum(job.waiting for job in self._jobs)
+
+    def remaining_s(self, job: Job) -> float:
+        """Worker seconds left for a job: its tiles not done, at the current rate."""
+        left = job.total - job.done
+        return self.cost.seconds(left * job.plan.tile_h * job.plan.tile_w, left)
+
+    @property
+    def work_s(self) -> float:
+        """Worker seconds of all admitted work not done yet."""
+        return sum(self.remaining_s(job) for job in self._jobs)
+
+    @property
+    def drain_s(self) -> float:
+        """Wall seconds until the admitted work is done, all workers busy."""
+        return self.work_s / self.workers
+
+    def free_workers(self) -> int:
+        """Workers that no admitted tile is waiting for: a new job may spread over them."""
+        return max(0, self.workers - self._busy - self.waiting_tiles)
+
+    # -- admission -----------------------------------------------------------------------
+
+    def largest_pixels(self) -> int:
+        """Input pixels that one request alone can have done within the deadline (about)."""
+        budget = self.headroom * self.timeout_s * self.workers
+        per_input_pixel = self.cost.per_pixel_s * 1.1  # tiles cost about 1.1 pixels each
+        return int(budget / per_input_pixel) if per_input_pixel > 0 else 0
+
+    def admit(self, plan: TilePlan, deadline: float) -> Job:
+        """Reserve the work of a plan, or refuse it at once (TooLarge, Busy)."""
+        if self._closed:
+            raise Busy("shutting down", 5)
+        if plan.count > self.max_tiles:
+            raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is "
+                           f"{self.max_tiles}")
+        now = asyncio.get_running_loop().time()
+        need = self.cost.estimate(plan)
+        alone = need / min(self.workers, plan.count)
+        if alone > self.headroom * self.timeout_s:
+            side = int(math.sqrt(self.largest_pixels()))
+            raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
+                           f"{self.timeout_s:.0f} s deadline; the largest input that can "
+                           f"finish is about {side}x{side} pixels")
+        if self.waiting_tiles + plan.count > self.queue_limit:
+            raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
+                       self._retry_after())
+        job = Job(plan, deadline)
+        if not self._all_meet_deadlines(job, need, now):
+            raise Busy(f"about {self.drain_s:.1f} s of work queued; this request would not "
+                       f"finish within its deadline", self._retry_after())
+        self._jobs.add(job)
+        return job
+
+    def _all_meet_deadlines(self, new: Job, need: float, now: float) -> bool:
+        """Under fair sharing, would the new job and every admitted one still finish in time?
+
+        With processor sharing over W workers, a job with r seconds left finishes once every
+        job has received min(r_k, r) seconds: F = sum_k min(r_k, r) / W. A job that would
+        miss its deadline even without the new one does not block admission.
+        """
+        work = [(self.remaining_s(job), job.deadline) for job in self._jobs]
+        rest = [r for r, _ in work]
+
+        def finish(r: float, others: list[float]) -> float:
+            return (r + sum(min(o, r) for o in others)) / self.workers
+
+        if finish(need, rest) > self.headroom * (new.deadline - now):
+            return False
+        for k, (r, deadline) in enumerate(work):
+            others = rest[:k] + rest[k + 1 :]
+            budget = self.headroom * (deadline - now)
+            if finish(r, [*others, need]) > budget >= finish(r, others):
+                return False
+        return True
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self.drain_s))
+
+    def release(self, job: Job) -> None:
+        """Forget a job: finished, failed or withdrawn. Idempotent."""
+        self._jobs.discard(job)
+        with contextlib.suppress(ValueError):
+            self._ring.remove(job)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, job: Job, cut: Callable[[int, int], np.ndarray],
+                  paste: Callable[[int, int, np.ndarray], None]) -> Job:
+        """Run an admitted job's tiles in fair turns; return when all are pasted.
+
+        Cancellation (the client left) and the deadline withdraw its waiting tiles.
+        """
+        loop = asyncio.get_running_loop()
+        job.cut, job.paste = cut, paste
+        job.pending = iter(job.plan.tiles())
+        job.done_future = loop.create_future()
+        self._ring.appendleft(job)  # a new job takes the next turn
+        self._dispatch()
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                await asyncio.shield(job.done_future)
+        except TimeoutError as err:
+            raise DeadlineExceeded("request deadline passed") from err
+        finally:
+            if not job.done_future.done():  # withdrawn: the client left, or the deadline
+                job.cancelled = True
+                self.on_withdraw(job)
+            self.release(job)
+        if isinstance(job.error, Busy):
+            raise job.error
+        if job.error is not None:
+            raise BatchFailed("inference failed") from job.error
+        return job
+
+    def _take_batch(self) -> list[tuple[Job, int, int]]:
+        """Up to max_batch tiles of one shape, one per job per turn, starting at the head."""
+        shape = self._ring[0].plan.shape
+        batch: list[tuple[Job, int, int]] = []
+        served: list[Job] = []
+        while len(batch) < self.max_batch:
+            progressed = False
+            for job in list(self._ring):
+                if len(batch) >= self.max_batch:
+                    break
+                if job.plan.shape != shape or job.waiting == 0:
+                    continue
+                assert job.pending is not None
+                r, c = next(job.pending)
+                job.issued += 1
+                batch.append((job, r, c))
+                progressed = True
+                if job not in served:
+                    served.append(job)
+            if not progressed:
+                break
+        for job in served:  # their turn is used: to the back of the ring, or out of it
+            self._ring.remove(job)
+            if job.waiting:
+                self._ring.append(job)
+        return batch
+
+    def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._busy < self.workers and self._ring and not self._closed:
+            batch = self._take_batch()
+            if not batch:
+                break
+            self._busy += 1
+            self._batches += 1
+            task = loop.create_task(self._execute(self._batches, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _work(self, batch: list[tuple[Job, int, int]]) -> tuple[float, float]:
+        """In a worker thread: cut the tiles, run the model, paste each output."""
+        t0 = time.perf_counter()
+        x = np.stack([job.cut(r, c)[None] for job, r, c in batch]).astype(np.float32,
+                                                                           copy=False)
+        size = next((b for b in self.batch_sizes if b >= len(x)), len(x))
+        if size > len(x):  # pad to a size that warm-up covered
+            x = np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+        y = self.model(x)
+        if len(y) != len(x):
+            raise BatchFailed(f"model returned {len(y)} outputs for {len(x)} tiles")
+        for k, (job, r, c) in enumerate(batch):
+            if not job.cancelled and job.paste is not None:
+                job.paste(r, c, y[k, 0])
+        return time.perf_counter() - t0, len(x)
+
+    async def _execute(self, batch_id: int, batch: list[tuple[Job, int, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for job, _, _ in batch:
+            if job.started_at is None:
+                job.started_at = now
+            job.batches.add(batch_id)
+        try:
+            seconds, padded = await loop.run_in_executor(self._executor, self._work, batch)
+        except Exception as err:
+            log.error("batch %d of %d tiles failed: %r", batch_id, len(batch), err)
+            for job in {job for job, _, _ in batch}:
+                self._fail(job, err)
+            return
+        finally:
+            self._busy -= 1
+            self._dispatch()
+        jobs = [job for job, _, _ in batch]
+        pixels = sum(job.plan.tile_h * job.plan.tile_w for job in jobs)
+        self.cost.observe(pixels * padded // len(batch), 1, seconds)
+        for job in jobs:
+            job.done += 1
+            job.model_s += seconds / len(batch)
+            if job.done == job.total and job.done_future and not job.done_future.done():
+                job.done_future.set_result(None)
+        gone = sum(job.cancelled for job in jobs)
+        self.on_batch(BatchRecord(batch_id, len(batch), padded, len(set(jobs)), seconds,
+                                  pixels, gone, seconds * gone / len(batch)))
+
+    def _fail(self, job: Job, err: BaseException) -> None:
+        job.error = err
+        self.release(job)
+        if job.done_future and not job.done_future.done():
+            job.done_future.set_result(None)
+
+    async def stop(self) -> None:
+        """Refuse new work, fail what waits, let running batches end, free the threads."""
+        self._closed = True
+        for job in list(self._jobs):
+            self._fail(job, Busy("shutting down", 5))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
