@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint bench figure clean
+.PHONY: serve test lint k8s triton bench figure clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+
+# Render every Kubernetes overlay and check it against the schemas, offline.
+k8s: $(VENV)/.dev-installed
+	$(BIN)/python -m deploy.validate
+
+# A Triton model repository of the bundled models in triton-repo/ (DEVICE=gpu for GPU instances).
+DEVICE ?= cpu
+triton: $(VENV)/.serve-installed
+	$(BIN)/python -m model.triton_repo triton-repo --device $(DEVICE)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.load

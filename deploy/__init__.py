@@ -1,0 +1,1 @@
+"""Deployment manifests and the tools that render and check them."""
