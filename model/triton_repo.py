@@ -89,12 +89,18 @@ def _warmup(tensor: Tensor, dims: list[int], batches: list[int]) -> str:
     return f"model_warmup [\n{items}\n]\n"
 
 
+# The service batches what is already waiting and never holds a tile back; Triton gathers
+# concurrent requests only within a delay, kept small against a tile's 20-200 ms.
+QUEUE_DELAY_US = 2000
+
+
 def config_text(model: OnnxModel, settings: Settings, device: str = "cpu", instances: int = 1,
                 max_batch_size: int = MAX_BATCH_SIZE) -> str:
     """config.pbtxt (protobuf text format of Triton's ModelConfig) for one model."""
-    preferred = min(settings.max_batch_size, max_batch_size)
+    preferred = min(settings.resolved_batch(device == "gpu"), max_batch_size)
     first = model.inputs[0]
-    tile = [settings.tile_size if d == -1 else d for d in first.dims]
+    side = settings.tile_size + 2 * settings.tile_overlap  # the service's largest tile
+    tile = [side if d == -1 else d for d in first.dims]
     return (
         f"name: {json.dumps(model.name)}\n"
         'backend: "onnxruntime"\n'
@@ -103,7 +109,7 @@ def config_text(model: OnnxModel, settings: Settings, device: str = "cpu", insta
         + _tensors("output", model.outputs)
         + "dynamic_batching {\n"
         f"  preferred_batch_size: [ {preferred} ]\n"
-        f"  max_queue_delay_microseconds: {round(settings.max_wait_ms * 1000)}\n"
+        f"  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n"
         "  default_queue_policy {\n"
         "    timeout_action: REJECT\n"
         f"    default_timeout_microseconds: {round(settings.request_timeout_s * 1e6)}\n"

@@ -18,7 +18,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from app.settings import Settings
-from model.triton_repo import main, write_repository
+from model.triton_repo import QUEUE_DELAY_US, main, write_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "model" / "weights"
@@ -59,13 +59,14 @@ def test_configs_match_the_onnx_files(tmp_path: Path) -> None:
         check_tensors(config.output, proto.graph.output)
         assert list(config.input[0].dims) == [1, -1, -1]
         batching = config.dynamic_batching
-        assert list(batching.preferred_batch_size) == [settings.max_batch_size]
-        assert batching.max_queue_delay_microseconds == round(settings.max_wait_ms * 1000)
+        assert list(batching.preferred_batch_size) == [settings.resolved_batch(False)]
+        assert batching.max_queue_delay_microseconds == QUEUE_DELAY_US
         assert config.max_batch_size >= settings.max_batch_size
         assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
         assert config.parameters["lsrcnn_scale"].string_value == meta["scale"]
         warm = config.model_warmup[0].inputs[config.input[0].name]
-        assert list(warm.dims) == [1, settings.tile_size, settings.tile_size]
+        side = settings.tile_size + 2 * settings.tile_overlap
+        assert list(warm.dims) == [1, side, side]
 
 
 def test_declared_shapes_hold_at_run_time(tmp_path: Path) -> None:
@@ -84,17 +85,16 @@ def test_declared_shapes_hold_at_run_time(tmp_path: Path) -> None:
 def test_cli_reads_the_service_settings(tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LSRCNN_MAX_BATCH_SIZE", "8")
-    monkeypatch.setenv("LSRCNN_MAX_WAIT_MS", "5.5")
     monkeypatch.setenv("LSRCNN_TILE_SIZE", "96")
+    monkeypatch.setenv("LSRCNN_TILE_OVERLAP", "4")
     main([str(tmp_path), "--model-dir", str(WEIGHTS), "--device", "gpu", "--instances", "2"])
     for folder in sorted(tmp_path.iterdir()):
         config = parse(folder)
         assert list(config.dynamic_batching.preferred_batch_size) == [8]
-        assert config.dynamic_batching.max_queue_delay_microseconds == 5500
         (group,) = config.instance_group
         assert (group.kind, group.count) == (mc.ModelInstanceGroup.KIND_GPU, 2)
         assert [w.batch_size for w in config.model_warmup] == [1, 8]
-        assert list(config.model_warmup[0].inputs["input"].dims) == [1, 96, 96]
+        assert list(config.model_warmup[0].inputs["input"].dims) == [1, 104, 104]
 
 
 def test_refuses_two_files_of_one_model(tmp_path: Path) -> None:
