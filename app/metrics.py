@@ -33,3 +33,6 @@ class Metrics:
                                      ["scale"], registry=r)
         self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset and active provider",
                                 ["scale", "preset", "provider"], registry=r)
+        self.model_load_failures = Counter("lsrcnn_model_load_failures_total",
+                                           "Model files that failed to load", ["file"],
+                                           registry=r)

@@ -39,10 +39,11 @@ class Prepared:
     tiles: np.ndarray  # [N, 1, T, T] of Y / 255
 
 
-def prepare(data: bytes, scale: int, settings: Settings) -> Prepared:
-    """Decode (with the size limits), split colour, cut Y into tiles. Blocking."""
+def prepare(data: bytes, scale: int, settings: Settings, fmt: str | None = None) -> Prepared:
+    """Decode (with the size and output-format limits), split colour, cut Y into tiles.
+    Blocking."""
     s = settings
-    decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale)
+    decoded = imaging.decode(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
     planes = imaging.split(decoded.image)
     plan = tiling.plan_tiles(*planes.y.shape, s.tile_size, s.tile_overlap)
     return Prepared(decoded, planes, plan, tiling.cut_tiles(planes.y / 255.0, plan))
@@ -112,7 +113,7 @@ class Upscaler:
                       deadline: float) -> Result:
         batcher = self.batchers[scale]
         t0 = time.perf_counter()
-        job = await asyncio.to_thread(prepare, data, scale, self.settings)
+        job = await asyncio.to_thread(prepare, data, scale, self.settings, fmt)
         out_fmt = imaging.output_format(fmt, job.decoded.format)
         t1 = time.perf_counter()
         out_tiles, stats = await batcher.submit(job.tiles, deadline)

@@ -50,8 +50,10 @@ def test_files_without_a_scale_are_skipped(tmp_path: Path) -> None:
     proto = onnx.load(str(WEIGHTS / "lsrcnn-lite-x2.onnx"))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "anonymous.onnx"))
-    with pytest.raises(EngineError, match="no ONNX model"):
-        Engine(Settings(model_dir=tmp_path)).load()
+    engine = Engine(Settings(model_dir=tmp_path))
+    with pytest.raises(EngineError, match="no model for the default scale x2"):
+        engine.load()
+    assert engine.failed == {"anonymous.onnx": "no 'scale' in its metadata"}
 
 
 def test_active_provider_is_reported_truthfully() -> None:
