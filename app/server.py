@@ -4,6 +4,7 @@ included), no `server` header, and a SIGTERM that drains first and exits 0."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from types import FrameType
 
@@ -107,4 +108,4 @@ def config(app: object, settings: Settings) -> uvicorn.Config:
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         # Our own drain answers the stragglers at the grace's end; uvicorn's cut comes later.
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 2)
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s) + 2)

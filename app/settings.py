@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in the container)")
     port: int = Field(8000, description="bind port")
-    graceful_timeout_s: int = Field(20, description="on SIGTERM, time for in-flight requests")
+    graceful_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM, time for in-flight "
+                                      "requests")
     log_level: str = Field("info", description="log level")
     # Edge: clients, shutdown, model faults, exposure
     client_timeout_s: float = Field(30.0, gt=0, description="time to send the whole request "
