@@ -65,13 +65,23 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         if self._partial:  # a request was started: say why it ends
-            body = json_error(408, f"request headers not received within "
-                                   f"{self.header_timeout_s:g} s", uuid.uuid4().hex).body
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"x-content-type-options: nosniff\r\nconnection: close\r\n"
-                + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+            self._raw_error(408, "Request Timeout", f"request headers not received within "
+                                                    f"{self.header_timeout_s:g} s")
         self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn answers unparseable requests (bad syntax, headers over the size limit) in
+        plain text; answer them in the service's JSON like every other error."""
+        self._raw_error(400, "Bad Request", f"malformed HTTP request: {msg}")
+        self.transport.close()
+
+    def _raw_error(self, status: int, reason: str, message: str) -> None:
+        """Below h11: there may be no parsed request to answer."""
+        body = json_error(status, message, uuid.uuid4().hex).body
+        self.transport.write(
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"x-content-type-options: nosniff\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode() + body)
 
 
 def protocol(header_timeout_s: float) -> type[GuardedH11Protocol]:

