@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import uvicorn
+import sys
 
 from app import logs
 from app.main import create_app
+from app.server import Server, config
 from app.settings import Settings
 
 
 def main() -> None:
     settings = Settings()
     logs.configure(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.graceful_timeout_s)
+    app = create_app(settings)
+    server = Server(config(app, settings), app.state.drain, settings.shutdown_delay_s)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the lifespan failed to start
 
 
 if __name__ == "__main__":

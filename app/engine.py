@@ -1,6 +1,6 @@
 """ONNX Runtime sessions, one per scale: provider choice, warm-up, batched runs.
 
-Knows nothing about HTTP. `run` is blocking; the batcher calls it from a worker thread.
+Knows nothing about HTTP. `run` is blocking; the scheduler calls it from a worker thread.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ CPU = "CPUExecutionProvider"
 
 
 class EngineError(RuntimeError):
-    """The model failed or answered something unusable."""
+    """The model failed or answered something unusable; `failure_id` names the log line
+    that holds ONNX Runtime's own message and traceback."""
+
+    def __init__(self, message: str, failure_id: str | None = None) -> None:
+        super().__init__(message)
+        self.failure_id = failure_id
 
 
 @dataclass
@@ -50,15 +55,28 @@ def _metadata(path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def discover(model_dir: Path) -> dict[int, list[tuple[Path, dict[str, str]]]]:
-    """Every ONNX file in the folder grouped by the scale its metadata states."""
+def _cause(err: BaseException, path: Path) -> str:
+    """The loader's own message, with this machine's folders cut down to the file name."""
+    return str(err).replace(str(path), path.name).replace(str(path.parent), ".")
+
+
+def discover(model_dir: Path, failed: dict[str, str] | None = None
+             ) -> dict[int, list[tuple[Path, dict[str, str]]]]:
+    """Every ONNX file in the folder grouped by the scale its metadata states. A file that
+    does not open is skipped and its cause kept in `failed` (file name -> cause)."""
     found: dict[int, list[tuple[Path, dict[str, str]]]] = {}
     for path in sorted(Path(model_dir).glob("*.onnx")):
-        meta = _metadata(path)
-        if "scale" not in meta:
-            log.warning("skipping %s: no 'scale' in its metadata", path.name)
+        try:
+            meta = _metadata(path)
+            scale = int(meta["scale"])
+        except Exception as err:
+            cause = "no 'scale' in its metadata" if isinstance(err, KeyError) else _cause(err, path)
+            log.error("skipping model %s: %s", path.name, cause,
+                      extra={"fields": {"file": path.name, "cause": cause}})
+            if failed is not None:
+                failed[path.name] = cause
             continue
-        found.setdefault(int(meta["scale"]), []).append((path, meta))
+        found.setdefault(scale, []).append((path, meta))
     return found
 
 
@@ -110,6 +128,8 @@ class Engine:
         self.sessions: dict[int, ort.InferenceSession] = {}
         self.models: dict[int, ModelInfo] = {}
         self.on_gpu = False
+        self.failed: dict[str, str] = {}  # model file name -> why it did not load
+        self._failures = 0
 
     @property
     def scales(self) -> list[int]:
@@ -135,22 +155,41 @@ class Engine:
         return opts
 
     def load(self) -> None:
+        """Load one model per scale. A file that fails is skipped (kept in `failed`); only a
+        missing default scale fails the whole load."""
         s = self.settings
-        found = discover(s.model_dir)
-        if not found:
-            raise EngineError(f"no ONNX model with a scale in {s.model_dir}")
+        self.sessions, self.models, self.failed = {}, {}, {}
+        found = discover(s.model_dir, self.failed)
         wants_gpu = s.providers != "cpu" and cuda_available()
         for scale, candidates in sorted(found.items()):
-            path, meta = choose(candidates, s.preset, wants_gpu)
-            session = ort.InferenceSession(str(path), self._options(wants_gpu),
-                                           providers=self._providers() if wants_gpu else [CPU])
-            active = session.get_providers()[0]  # the truth, whatever was asked for
-            if s.providers == "cuda" and active != CUDA:
-                raise EngineError(f"CUDA required but {path.name} runs on {active}")
-            self.on_gpu = self.on_gpu or active == CUDA
-            self.sessions[scale] = session
-            self.models[scale] = ModelInfo(scale, meta.get("preset", "unknown"), path, active, meta)
-            log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
+            first = choose(candidates, s.preset, wants_gpu)
+            # The preferred file first, then the others of this scale.
+            for path, meta in [first, *[c for c in candidates if c[0] != first[0]]]:
+                try:
+                    self._load_one(scale, path, meta, wants_gpu)
+                    break
+                except Exception as err:
+                    if s.providers == "cuda" and isinstance(err, EngineError):
+                        raise
+                    self.failed[path.name] = cause = _cause(err, path)
+                    log.error("model %s failed to load: %s", path.name, cause,
+                              extra={"fields": {"file": path.name, "cause": cause}})
+        if s.default_scale not in self.sessions:
+            missing = ", ".join(sorted(self.failed)) or "none found"
+            raise EngineError(f"no model for the default scale x{s.default_scale} "
+                              f"(failed: {missing})")
+
+    def _load_one(self, scale: int, path: Path, meta: dict[str, str], wants_gpu: bool) -> None:
+        s = self.settings
+        session = ort.InferenceSession(str(path), self._options(wants_gpu),
+                                       providers=self._providers() if wants_gpu else [CPU])
+        active = session.get_providers()[0]  # the truth, whatever was asked for
+        if s.providers == "cuda" and active != CUDA:
+            raise EngineError(f"CUDA required but {path.name} runs on {active}")
+        self.on_gpu = self.on_gpu or active == CUDA
+        self.sessions[scale] = session
+        self.models[scale] = ModelInfo(scale, meta.get("preset", "unknown"), path, active, meta)
+        log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
 
     def warm_up(self, scale: int, shape: tuple[int, int], batch_sizes: tuple[int, ...],
                 workers: int) -> tuple[float, float]:
@@ -173,7 +212,12 @@ class Engine:
         try:
             (y,) = session.run(None, {session.get_inputs()[0].name: x})
         except Exception as err:
-            raise EngineError(f"inference failed on x{scale}: {type(err).__name__}") from err
+            # Keep ONNX Runtime's own message and traceback; requests log this failure id.
+            self._failures += 1
+            fid = f"x{scale}-{self._failures}"
+            log.exception("model call failed on x%d (%d tiles): %s", scale, len(x), err,
+                          extra={"fields": {"failure_id": fid, "scale": scale}})
+            raise EngineError(f"inference failed on x{scale}: {err}", fid) from err
         expected = (x.shape[0], 1, x.shape[2] * scale, x.shape[3] * scale)
         if y.shape != expected:
             raise EngineError(f"model x{scale} returned {y.shape}, expected {expected}")

@@ -1,4 +1,8 @@
-"""Fixed, documented error answers: JSON `{"error", "request_id"}`, never exception text."""
+"""Fixed, documented error answers: JSON `{"error", "request_id"}`, never exception text.
+
+Every error body the service sends is built by `json_error`, whether from an exception
+handler here or from the ASGI middleware.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from app.engine import EngineError
@@ -14,6 +19,13 @@ from app.imaging import ImageError
 from app.scheduler import BatchFailed, Busy, DeadlineExceeded, TooLarge
 
 log = logging.getLogger("app.errors")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: str
+    request_id: str
 
 
 class ApiError(Exception):
@@ -26,14 +38,23 @@ class BodyTooLarge(Exception):
     pass
 
 
+class ClientTimeout(Exception):
+    """The client did not send its whole body in time (408)."""
+
+
 def request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id", "")
 
 
+def json_error(status: int, message: str, rid: str,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message, request_id=rid).model_dump(), status,
+                        headers=headers)
+
+
 def error_response(request: Request, status: int, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "request_id": request_id(request)}, status,
-                        headers=headers)
+    return json_error(status, message, request_id(request), headers)
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -52,10 +73,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ImageError)
     async def _image(request: Request, err: ImageError) -> JSONResponse:
         return error_response(request, err.status, err.message)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _body(request: Request, err: BodyTooLarge) -> JSONResponse:
-        return error_response(request, 413, str(err))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -81,6 +98,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BatchFailed)
     @app.exception_handler(EngineError)
     async def _engine(request: Request, err: Exception) -> JSONResponse:
-        log.error("inference error", extra={"fields": {"request_id": request_id(request),
-                                                       "error": repr(err)}})
+        # The engine logged the model's own message and traceback under the failure id.
+        cause = err.__cause__ if isinstance(err, BatchFailed) else err
+        log.error("inference failed", extra={"fields": {
+            "request_id": request_id(request), "error": repr(err),
+            "failure_id": getattr(cause, "failure_id", None), "cause": str(cause)}})
         return error_response(request, 500, "inference failed")

@@ -18,10 +18,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 WRITABLE = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
-# Magic numbers of common image formats: such a body that fails to open is corrupt (400),
-# anything else is not an image (415).
-IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00",
-                    b"MM\x00*")
+# The only decoders Pillow may use: every other plugin (EPS via Ghostscript, ICO, PSD, ...)
+# stays out of reach of request bytes.
+ACCEPTED = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+# Largest side each encoder writes (measured with Pillow: WebP refuses 16,384, libjpeg 65,501).
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65_500, "webp": 16_383}
+ALPHA_MODES = {"RGBA", "LA", "PA", "La"}
 
 
 class ImageError(Exception):
@@ -40,6 +43,65 @@ class Decoded:
     icc_profile: bytes | None = None
 
 
+def _looks_accepted(data: bytes) -> bool:
+    """Magic numbers of the accepted formats: such a body that fails to open is corrupt (400);
+    anything else is not an accepted image (415)."""
+    return (data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a",
+                             b"BM", b"II*\x00", b"MM\x00*"))
+            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))
+
+
+def _open(data: bytes) -> Image.Image:
+    """Read the header with the accepted decoders only; nothing is decoded yet."""
+    if not data:
+        raise ImageError(400, "empty body: send the image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=ACCEPTED)
+    except UnidentifiedImageError as err:
+        if _looks_accepted(data):
+            raise ImageError(400, "corrupt image") from err
+        raise ImageError(415, f"not an image in an accepted format ({ACCEPTED_NAMES})") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(413, "image has too many pixels") from err
+    except Exception as err:
+        raise ImageError(400, "corrupt image") from err
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether the decoded image will carry alpha, from the header (see _normalise_mode)."""
+    return img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
+def _frames(img: Image.Image) -> int:
+    try:  # is_animated stops at the second frame; n_frames may walk a long file
+        return 2 if getattr(img, "is_animated", False) else 1
+    except Exception as err:
+        raise ImageError(400, "corrupt image") from err
+
+
+def check(img: Image.Image, max_pixels: int, max_output_pixels: int, scale: int,
+          requested: str | None) -> None:
+    """Every limit that the header and the parameters decide, before any pixel is decoded."""
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(413, f"image has {w * h} pixels; the limit is {max_pixels}")
+    if w * h * scale * scale > max_output_pixels:
+        raise ImageError(413, f"output would have {w * h * scale * scale} pixels; "
+                              f"the limit is {max_output_pixels}")
+    if _frames(img) > 1:
+        raise ImageError(422, "animated or multi-page images are not supported: "
+                              "send a single frame")
+    fmt = output_format(requested, (img.format or "").lower() or None)
+    side = max(w, h) * scale
+    if side > MAX_SIDE[fmt]:
+        raise ImageError(422, f"output side of {side} pixels exceeds the {fmt} encoder's "
+                              f"limit of {MAX_SIDE[fmt]}; ask for another format")
+    if fmt == "jpeg" and has_alpha(img):
+        raise ImageError(422, "JPEG cannot hold an alpha channel; ask for png or webp")
+
+
 @dataclass
 class Probe:
     """An image opened from its header only: size and format known, no pixels decoded."""
@@ -54,28 +116,12 @@ class Probe:
         return self.image.height, self.image.width
 
 
-def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Probe:
-    """Open and check the size limits from the header alone: nothing big is allocated."""
-    if not data:
-        raise ImageError(400, "empty body: send the image bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as err:
-        if data.startswith(IMAGE_SIGNATURES):  # looks like an image, does not decode
-            raise ImageError(400, "corrupt image") from err
-        raise ImageError(415, "not an image Pillow can read") from err
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(413, "image has too many pixels") from err
-    except Exception as err:
-        raise ImageError(400, "corrupt image") from err
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(413, f"image has {w * h} pixels; the limit is {max_pixels}")
-    if w * h * scale * scale > max_output_pixels:
-        raise ImageError(413, f"output would have {w * h * scale * scale} pixels; "
-                              f"the limit is {max_output_pixels}")
+def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int,
+          requested: str | None = None) -> Probe:
+    """Open and check every limit the header and the parameters decide: nothing big is
+    allocated. `requested` is the output format asked for (None: the input's default)."""
+    img = _open(data)
+    check(img, max_pixels, max_output_pixels, scale, requested)
     return Probe(img, (img.format or "").lower() or None, img.info.get("icc_profile"))
 
 
@@ -93,9 +139,10 @@ def load(probed: Probe) -> Decoded:
     return Decoded(img, probed.format, probed.icc_profile)
 
 
-def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int) -> Decoded:
-    """Open, check size limits from the header alone, then load and orient."""
-    return load(probe(data, max_pixels, max_output_pixels, scale))
+def decode(data: bytes, max_pixels: int, max_output_pixels: int, scale: int,
+           requested: str | None = None) -> Decoded:
+    """Open, check every limit from the header alone, then load and orient."""
+    return load(probe(data, max_pixels, max_output_pixels, scale, requested))
 
 
 def _normalise_mode(img: Image.Image) -> Image.Image:

@@ -28,5 +28,7 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Library warnings (Pillow's among them) become JSON log lines, not plain stderr text.
+    logging.captureWarnings(True)
     # Our access log replaces uvicorn's plain-text one.
     logging.getLogger("uvicorn.access").disabled = True

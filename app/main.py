@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from app import errors
 from app.engine import Engine
@@ -14,32 +16,61 @@ from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import router
 from app.settings import Settings
+from app.shutdown import Drain
 from app.upscaler import Upscaler
+
+log = logging.getLogger("app.main")
+
+
+async def _load(upscaler: Upscaler, metrics: Metrics, retry_s: float) -> None:
+    """Load the models; while the default scale's model fails, retry (a volume still being
+    filled, a file being replaced). Files that fail beside a good default are counted and
+    left out until the next start."""
+    while True:
+        await upscaler.start()
+        for name in upscaler.engine.failed:
+            metrics.model_load_failures.labels(name).inc()
+        if upscaler.ready or retry_s <= 0:
+            return
+        log.warning("not ready (%s); retrying the model load in %g s", upscaler.reason, retry_s)
+        await asyncio.sleep(retry_s)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     upscaler = Upscaler(settings, metrics, engine)
+    drain = Drain(settings.graceful_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        drain.loop = asyncio.get_running_loop()
         # Load in the background: the process is live (and says "not ready") meanwhile.
-        loading = asyncio.create_task(upscaler.start())
+        loading = asyncio.create_task(_load(upscaler, metrics, settings.model_retry_s))
         yield
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
         await upscaler.stop()
 
+    # /docs and /redoc load Swagger UI and ReDoc from a public CDN: off unless asked for.
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title="LSRCNN upscaler", version="0.1.0", lifespan=lifespan,
-                  summary="LSTM super-resolution: POST an image, get it 2x, 3x or 4x larger.")
+                  summary="LSTM super-resolution: POST an image, get it 2x, 3x or 4x larger.",
+                  **docs)
     app.state.settings, app.state.metrics, app.state.upscaler = settings, metrics, upscaler
+    app.state.drain = drain
     app.include_router(router)
     errors.install(app)
     routes = {p for r in router.routes if (p := getattr(r, "path", None))}
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       routes=routes)
+                       routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,
+                       allowed_origins=settings.allowed_origins)
+    if settings.allowed_origins:  # outermost, so preflights are answered before anything else
+        app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Server-Timing", "X-Tiles"])
     return app
 
 

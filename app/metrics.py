@@ -65,6 +65,9 @@ class Metrics:
                                                ["scale"], registry=r)
         self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset and active provider",
                                 ["scale", "preset", "provider"], registry=r)
+        self.model_load_failures = Counter("lsrcnn_model_load_failures_total",
+                                           "Model files that failed to load", ["file"],
+                                           registry=r)
 
     def watch(self, label: str, sched: Scheduler) -> None:
         """Gauges read from the scheduler at scrape time: always current, never stale."""

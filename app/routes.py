@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeVar
@@ -13,38 +14,74 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 
-from app.errors import ApiError
+from app import imaging
+from app.errors import ApiError, ErrorBody, request_id
 from app.upscaler import Upscaler
 
 router = APIRouter()
 T = TypeVar("T")
 
 RAW_TYPES = ("image/", "application/octet-stream")
+FILE_FIELD = "file"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Both ways to send the image, as the OpenAPI spec shows them.
+UPSCALE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": _BINARY,
+    "application/octet-stream": _BINARY,
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": [FILE_FIELD],
+        "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
+}}}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {400: "corrupt or truncated image, malformed multipart, empty body",
+            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
+            403: "cross-origin request from an origin not allowed",
+            408: "the body did not arrive within LSRCNN_CLIENT_TIMEOUT_S",
+            413: "body, input pixels or output pixels over their limits",
+            415: f"not an image in an accepted format ({imaging.ACCEPTED_NAMES}), or a "
+                 "Content-Type that is neither image/* nor multipart",
+            422: "bad parameter, multi-frame image, or an output the format cannot hold",
+            500: "the model failed",
+            503: "not ready, queue full or shutting down (Retry-After)",
+            504: "the request deadline passed"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
 
 def _upscaler(request: Request) -> Upscaler:
     return request.app.state.upscaler
 
 
+def _authorize(request: Request) -> None:
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), key.get_secret_value().encode()):
+        raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
 async def _read_image(request: Request) -> bytes:
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
+        upload = form.get(FILE_FIELD)
         if not isinstance(upload, UploadFile):
-            upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
-        if upload is None:
-            raise ApiError(422, "multipart body needs a file field named 'file'")
+            raise ApiError(422, f"multipart body needs a file field named '{FILE_FIELD}'")
         return await upload.read()
     if ctype.startswith(RAW_TYPES):
         return await request.body()
     raise ApiError(415, "send the image as the body with Content-Type image/*, "
-                        "or as multipart/form-data field 'file'")
+                        f"or as multipart/form-data field '{FILE_FIELD}'")
 
 
-@router.post("/upscale", response_class=Response, responses={
-    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-          "description": "the upscaled image"}})
+@router.post("/upscale", response_class=Response, openapi_extra=UPSCALE_BODY, responses={
+    200: {"content": {t: _BINARY for t in imaging.MEDIA_TYPES.values()},
+          "description": "the upscaled image"},
+    **_errors(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
     request: Request,
     scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting)"),
@@ -52,6 +89,7 @@ async def upscale(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
 ) -> Response:
+    _authorize(request)
     up = _upscaler(request)
     if not up.ready:
         raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
@@ -62,8 +100,8 @@ async def upscale(
     arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + up.settings.request_timeout_s - (time.perf_counter() - arrived)
-    result = await _unless_client_leaves(request, up.upscale(data, scale, format, quality,
-                                                             deadline))
+    work = up.upscale(data, scale, format, quality, deadline, request_id(request))
+    result = await _unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
     timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
@@ -105,14 +143,26 @@ async def live() -> dict:
     return {"status": "live"}
 
 
-@router.get("/health/ready")
-@router.get("/v2/health/ready")
+_READY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["status"],
+    "properties": {"status": {"type": "string"}, "reason": {"type": "string"},
+                   "scales": {"type": "array", "items": {"type": "integer"}},
+                   "failed_models": {"type": "array", "items": {"type": "string"}}}}}}}
+
+
+@router.get("/health/ready", responses={200: _READY, 503: {**_READY, "description": "not ready"}})
+@router.get("/v2/health/ready", responses={200: _READY, 503: {**_READY,
+                                                              "description": "not ready"}})
 async def ready(request: Request) -> JSONResponse:
     up = _upscaler(request)
+    failed = sorted(up.engine.failed)  # file names only: never this machine's paths
+    if request.app.state.drain.active:
+        return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503,
+                            headers={"Retry-After": "5"})
     if up.ready:
-        return JSONResponse({"status": "ready", "scales": up.scales})
-    return JSONResponse({"status": "not ready", "reason": up.reason}, 503,
-                        headers={"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "scales": up.scales, "failed_models": failed})
+    return JSONResponse({"status": "not ready", "reason": up.reason, "failed_models": failed},
+                        503, headers={"Retry-After": "5"})
 
 
 @router.get("/v1/models")
@@ -124,7 +174,9 @@ async def models(request: Request) -> dict:
         for info in (up.engine.models[s] for s in up.scales)]}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:
     up = _upscaler(request)
     return Response(generate_latest(up.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -94,6 +94,7 @@ class Job:
     cancelled: bool = False
     error: BaseException | None = None
     batches: set[int] = field(default_factory=set)
+    tag: str = ""  # the request id, for logs
 
     @property
     def total(self) -> int:
@@ -174,7 +175,7 @@ class Scheduler:
         per_input_pixel = self.cost.per_pixel_s * 1.1  # tiles cost about 1.1 pixels each
         return int(budget / per_input_pixel) if per_input_pixel > 0 else 0
 
-    def admit(self, plan: TilePlan, deadline: float) -> Job:
+    def admit(self, plan: TilePlan, deadline: float, tag: str = "") -> Job:
         """Reserve the work of a plan, or refuse it at once (TooLarge, Busy)."""
         if self._closed:
             raise Busy("shutting down", 5)
@@ -192,7 +193,7 @@ class Scheduler:
         if self.waiting_tiles + plan.count > self.queue_limit:
             raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
                        self._retry_after())
-        job = Job(plan, deadline)
+        job = Job(plan, deadline, tag=tag)
         if not self._all_meet_deadlines(job, need, now):
             raise Busy(f"about {self.drain_s:.1f} s of work queued; this request would not "
                        f"finish within its deadline", self._retry_after())
@@ -325,8 +326,12 @@ class Scheduler:
         try:
             seconds, padded = await loop.run_in_executor(self._executor, self._work, batch)
         except Exception as err:
-            log.error("batch %d of %d tiles failed: %r", batch_id, len(batch), err)
-            for job in {job for job, _, _ in batch}:
+            jobs = list(dict.fromkeys(job for job, _, _ in batch))
+            log.error("batch %d of %d tiles failed: %s", batch_id, len(batch), err,
+                      exc_info=err, extra={"fields": {
+                          "request_ids": [job.tag for job in jobs],
+                          "failure_id": getattr(err, "failure_id", None)}})
+            for job in jobs:
                 self._fail(job, err)
             return
         finally:

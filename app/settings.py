@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
@@ -54,8 +54,29 @@ class Settings(BaseSettings):
     # Server
     host: str = Field("127.0.0.1", description="bind address (0.0.0.0 in the container)")
     port: int = Field(8000, description="bind port")
-    graceful_timeout_s: int = Field(20, description="on SIGTERM, time for in-flight requests")
+    graceful_timeout_s: float = Field(20.0, gt=0, description="on SIGTERM, time for in-flight "
+                                      "requests")
     log_level: str = Field("info", description="log level")
+    # Edge: clients, shutdown, model faults, exposure
+    client_timeout_s: float = Field(30.0, gt=0, description="time to send the whole request "
+                                    "body; beyond: 408")
+    header_timeout_s: float = Field(10.0, gt=0, description="time to send a request's headers "
+                                    "(first request included); beyond: connection closed")
+    keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections close after this")
+    shutdown_delay_s: float = Field(0.0, ge=0, description="on SIGTERM, seconds readiness and new "
+                                    "requests answer 503 before the listener closes")
+    model_retry_s: float = Field(30.0, ge=0, description="while the default scale's model fails "
+                                 "to load, retry after this many seconds (0 = never)")
+    cors_origins: str = Field("", description="comma-separated origins allowed cross-origin "
+                              "(CORS); empty: none")
+    api_key: SecretStr | None = Field(None, description="when set, /upscale needs "
+                                      "`Authorization: Bearer <key>`")
+    docs: bool = Field(False, description="serve /docs and /redoc (their scripts load from a "
+                       "public CDN); /openapi.json is always served")
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     def resolved_workers(self, on_gpu: bool) -> int:
         if self.workers:

@@ -140,14 +140,14 @@ class Upscaler:
                                  multiple=s.resolved_multiple(on_gpu))
 
     async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
-                      deadline: float) -> Result:
+                      deadline: float, request_id: str = "") -> Result:
         s, sched, label = self.settings, self.schedulers[scale], str(scale)
         t0 = time.perf_counter()
-        probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale)
+        probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
         out_fmt = imaging.output_format(fmt, probed.format)
         plan = self.plan(scale, *probed.size)
         try:
-            job = sched.admit(plan, deadline)
+            job = sched.admit(plan, deadline, request_id)
         except (TooLarge, Busy) as err:
             reason = "too_large" if isinstance(err, TooLarge) else "busy"
             self.metrics.rejected.labels(label, reason).inc()

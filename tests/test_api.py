@@ -187,7 +187,7 @@ def test_failed_load_is_not_ready_and_says_why(tmp_path) -> None:  # type: ignor
     async def main() -> None:
         async with running(make_app(model_dir=tmp_path)) as c:
             r = await c.get("/health/ready")
-            assert r.status_code == 503 and "no ONNX model" in r.json()["reason"]
+            assert r.status_code == 503 and "default scale x2" in r.json()["reason"]
             assert (await c.get("/health/live")).status_code == 200
 
     run(main())

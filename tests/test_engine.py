@@ -27,7 +27,7 @@ def _copy_as(src: Path, dst: Path, **meta: str) -> None:
 
 def test_scale_comes_from_metadata_not_the_file_name(tmp_path: Path) -> None:
     shutil.copy(WEIGHTS / "lsrcnn-lite-x3.onnx", tmp_path / "misleading-x2.onnx")
-    engine = Engine(Settings(model_dir=tmp_path))
+    engine = Engine(Settings(model_dir=tmp_path, default_scale=3))
     engine.load()
     assert engine.scales == [3]
     out = engine.run(3, np.zeros((2, 1, 10, 12), np.float32))
@@ -50,8 +50,10 @@ def test_files_without_a_scale_are_skipped(tmp_path: Path) -> None:
     proto = onnx.load(str(WEIGHTS / "lsrcnn-lite-x2.onnx"))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "anonymous.onnx"))
-    with pytest.raises(EngineError, match="no ONNX model"):
-        Engine(Settings(model_dir=tmp_path)).load()
+    engine = Engine(Settings(model_dir=tmp_path))
+    with pytest.raises(EngineError, match="no model for the default scale x2"):
+        engine.load()
+    assert engine.failed == {"anonymous.onnx": "no 'scale' in its metadata"}
 
 
 def test_active_provider_is_reported_truthfully() -> None:
