@@ -19,8 +19,10 @@ from PIL import Image
 
 from app import imaging, tiling
 
-# LR rows around a band that bicubic (support 2) reads, plus one to spare.
+# LR rows around a strip that bicubic (support 2) reads, plus one to spare.
 MARGIN = 3
+# LR rows joined at once: keeps the float temporaries of a wide image to a few MB.
+STRIP = 16
 
 
 class ChunkWriter:
@@ -95,14 +97,23 @@ class Canvas:
         return imaging.resize_plane(plane, s)[(lo - top) * s : (hi - top) * s]
 
     def _finish_band(self, lo: int, hi: int, y: np.ndarray) -> None:
-        """Join colour for output rows of input rows [lo, hi) and write them out."""
+        """Join colour for the output rows of input rows [lo, hi), a few rows at a time so
+        the float temporaries stay small, and write them into the output image."""
         y *= np.float32(255.0)
+        s = self.scale
+        for a in range(lo, hi, STRIP):
+            b = min(hi, a + STRIP)
+            rows = self._join(a, b, y[(a - lo) * s : (b - lo) * s])
+            self.out.paste(Image.fromarray(rows), (0, a * s))
+
+    def _join(self, lo: int, hi: int, y: np.ndarray) -> np.ndarray:
+        """Output pixels of input rows [lo, hi) from their upscaled Y (0..255 scale)."""
         top, bottom = max(0, lo - MARGIN), min(self.plan.height, hi + MARGIN)
         part = self.src[top:bottom]
         mode = self.mode
         if mode == "I;16":
-            pixels = np.clip(np.rint(imaging.y_to_gray(y, 65535.0)), 0, 65535).astype(np.uint16)
-        elif mode in ("L", "LA"):
+            return np.clip(np.rint(imaging.y_to_gray(y, 65535.0)), 0, 65535).astype(np.uint16)
+        if mode in ("L", "LA"):
             pixels = imaging.to_uint8(imaging.y_to_gray(y, 255.0))
         else:
             _, cb, cr = imaging.rgb_to_ycbcr(part[..., :3])
@@ -112,12 +123,13 @@ class Canvas:
             alpha = imaging.to_uint8(self._upscaled(part[..., -1].astype(np.float32), lo, hi,
                                                     top))
             pixels = np.concatenate([pixels.reshape(*alpha.shape, -1), alpha[..., None]], -1)
-        self.out.paste(Image.fromarray(pixels), (0, lo * self.scale))
+        return pixels
 
     def encode(self, fmt: str, quality: int, icc: bytes | None, png_level: int) -> ChunkWriter:
         """Encode the finished output; every band must be in."""
         if any(self._left):
             raise RuntimeError("output incomplete")
+        self.src = np.empty((0, 0), self.src.dtype)  # every band is joined: the input can go
         writer = ChunkWriter()
         imaging.encode(self.out, fmt, quality, icc, png_level, fp=writer)  # type: ignore[arg-type]
         return writer

@@ -144,7 +144,7 @@ class Upscaler:
         s, sched, label = self.settings, self.schedulers[scale], str(scale)
         t0 = time.perf_counter()
         probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
-        out_fmt = imaging.output_format(fmt, probed.format)
+        out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
         plan = self.plan(scale, *probed.size)
         try:
             job = sched.admit(plan, deadline, request_id)
@@ -154,6 +154,7 @@ class Upscaler:
             raise
         try:
             decoded = await asyncio.to_thread(imaging.load, probed)
+            del probed  # the canvas keeps its own copy of the pixels
             image = decoded.image
             if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
                 plan = self.plan(scale, image.height, image.width)
@@ -165,7 +166,7 @@ class Upscaler:
         finally:
             sched.release(job)
         t2 = time.perf_counter()
-        writer = await asyncio.to_thread(canvas.encode, out_fmt, quality, probed.icc_profile,
+        writer = await asyncio.to_thread(canvas.encode, out_fmt, quality, icc,
                                          s.png_compress_level)
         out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
         del canvas
