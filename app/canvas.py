@@ -11,8 +11,12 @@ exists at any time, only the bands in progress.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -25,16 +29,30 @@ MARGIN = 3
 STRIP = 16
 
 
-class ChunkWriter:
-    """A write-only file that keeps what is written as chunks: the encoded output is never
-    copied into one more buffer, and chunks are freed as they are sent."""
+class StreamClosed(Exception):
+    """Nobody reads the encoded output any more (the client left)."""
 
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+
+_END = object()
+
+
+class ChunkStream:
+    """Encoded bytes handed from the encoding thread to the response as they are made.
+
+    At most `depth` chunks wait in between, so the encoded image never sits whole in
+    memory, and the first bytes leave while the rest is still being encoded. `write`,
+    `tell` and `flush` make it a file for Pillow's encoders (called in the encoding
+    thread); `chunks` is read on the event loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 8) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue(depth)
+        self._gone = threading.Event()
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
+        self._put(bytes(data))
         self.size += len(data)
         return len(data)
 
@@ -44,9 +62,30 @@ class ChunkWriter:
     def flush(self) -> None:
         pass
 
-    def drain(self) -> Iterator[bytes]:
-        while self.chunks:
-            yield self.chunks.pop(0)
+    def finish(self, error: BaseException | None = None) -> None:
+        """The end of the output, or the error that stopped it (encoding thread)."""
+        with contextlib.suppress(StreamClosed):
+            self._put(error if error is not None else _END)
+
+    def _put(self, item: object) -> None:
+        while not self._gone.is_set():
+            put = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+            try:
+                put.result(timeout=1.0)
+                return
+            except concurrent.futures.TimeoutError:
+                if not put.cancel():  # it went in just now
+                    return
+        raise StreamClosed("the reader is gone")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while (item := await self._queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self._gone.set()  # a blocked writer gives up
 
 
 class Canvas:
@@ -56,7 +95,8 @@ class Canvas:
         self.mode = image.mode
         self.src = np.asarray(image)  # H x W (x C), uint8, or uint16 for I;16
         self.plan, self.scale = plan, scale
-        self.out = Image.new(self.mode, (plan.width * scale, plan.height * scale))
+        # Not initialised: its pages are touched band by band, not all up front.
+        self.out = Image.new(self.mode, (plan.width * scale, plan.height * scale), None)
         self._bands: dict[int, np.ndarray] = {}
         self._left = [len(plan.cols)] * len(plan.rows)
         self._lock = threading.Lock()
@@ -125,11 +165,10 @@ class Canvas:
             pixels = np.concatenate([pixels.reshape(*alpha.shape, -1), alpha[..., None]], -1)
         return pixels
 
-    def encode(self, fmt: str, quality: int, icc: bytes | None, png_level: int) -> ChunkWriter:
-        """Encode the finished output; every band must be in."""
+    def encode(self, fp: IO[bytes], fmt: str, quality: int, icc: bytes | None,
+               png_level: int) -> None:
+        """Encode the finished output into `fp`; every band must be in."""
         if any(self._left):
             raise RuntimeError("output incomplete")
         self.src = np.empty((0, 0), self.src.dtype)  # every band is joined: the input can go
-        writer = ChunkWriter()
-        imaging.encode(self.out, fmt, quality, icc, png_level, fp=writer)  # type: ignore[arg-type]
-        return writer
+        imaging.encode(self.out, fmt, quality, icc, png_level, fp=fp)

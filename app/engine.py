@@ -192,19 +192,22 @@ class Engine:
         log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
 
     def warm_up(self, scale: int, shape: tuple[int, int], batch_sizes: tuple[int, ...],
-                workers: int) -> tuple[float, float]:
+                workers: int) -> list[tuple[int, int, float]]:
         """Run every batch size at the largest tile shape, `workers` calls at once (so the
-        arena holds what a full load needs), and measure the cost of one call: seconds per
-        call (a tiny input) and per model pixel (the largest tile). Returns both."""
-        tiny = np.zeros((1, 1, 8, 8), np.float32)
+        arena holds what a full load needs), then time single tiles of a few shapes, from
+        tiny to the largest and thin both ways: (h, w, seconds) for the cost model."""
         for n in batch_sizes or (1,):
             x = np.zeros((n, 1, *shape), np.float32)
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda x: self.run(scale, x), [x] * workers))
-        per_call = min(_timed(lambda: self.run(scale, tiny)) for _ in range(3))
-        x = np.random.default_rng(0).random((1, 1, *shape), dtype=np.float32)
-        big = min(_timed(lambda: self.run(scale, x)) for _ in range(2))
-        return max(big - per_call, 1e-9) / (shape[0] * shape[1]), per_call
+        h, w = shape
+        rng = np.random.default_rng(0)
+        samples = []
+        for th, tw in ((8, 8), (1, w), (h, 1), (h // 2, w // 2), (h, w)):
+            x = rng.random((1, 1, th, tw), dtype=np.float32)
+            samples.append((th, tw, min(_timed(lambda x=x: self.run(scale, x))
+                                        for _ in range(2))))
+        return samples
 
     def run(self, scale: int, x: np.ndarray) -> np.ndarray:
         """[N, 1, T, T] of Y/255 in, [N, 1, sT, sT] out (same scale)."""

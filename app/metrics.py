@@ -39,8 +39,11 @@ class Metrics:
                                 "workers busy (what admission and autoscaling read)",
                                 ["scale"], registry=r)
         self.pixel_cost = Gauge("lsrcnn_model_seconds_per_pixel",
-                                "Learned worker seconds per model input pixel", ["scale"],
-                                registry=r)
+                                "Worker seconds per model input pixel, as now estimated",
+                                ["scale"], registry=r)
+        self.cost_factor = Gauge("lsrcnn_cost_factor",
+                                 "Recent batches' time over the warm-up cost model's "
+                                 "prediction (1 = as measured at start)", ["scale"], registry=r)
         self.tiles = Counter("lsrcnn_tiles_total", "Tiles run through the model", ["scale"],
                              registry=r)
         self.tile_overhead = Histogram("lsrcnn_tile_overhead",
@@ -73,4 +76,6 @@ class Metrics:
         """Gauges read from the scheduler at scrape time: always current, never stale."""
         self.queue_depth.labels(label).set_function(lambda: sched.waiting_tiles)
         self.queue_work.labels(label).set_function(lambda: sched.drain_s)
-        self.pixel_cost.labels(label).set_function(lambda: sched.cost.per_pixel_s)
+        self.pixel_cost.labels(label).set_function(
+            lambda: sched.cost.per_pixel_s * sched.cost.factor)
+        self.cost_factor.labels(label).set_function(lambda: sched.cost.factor)

@@ -105,9 +105,10 @@ async def upscale(
     if result is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
     timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
+    # Streamed as it is encoded (chunked): the whole encoded image is never held at once.
     return StreamingResponse(result.chunks, media_type=result.media_type, headers={
-        "Content-Length": str(result.length), "Server-Timing": timing,
-        "X-Tiles": str(result.tiles), "X-Tile-Overhead": f"{result.overhead:.3f}"})
+        "Server-Timing": timing, "X-Tiles": str(result.tiles),
+        "X-Tile-Overhead": f"{result.overhead:.3f}"})
 
 
 # nginx's code for "client closed request": logged and counted, never sent.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.tiling import TilePlan
+from app.tiling import Span, TilePlan
 
 log = logging.getLogger("app.scheduler")
 
@@ -52,29 +52,48 @@ class BatchFailed(Exception):
 
 @dataclass
 class CostModel:
-    """Seconds of one worker for a tile plan: a cost per call plus a cost per model pixel.
+    """Worker seconds of a tile of h x w: a cost per call, per pixel, and per line.
 
-    The per-call cost is measured once at warm-up; the per-pixel rate starts from warm-up
-    and follows recent batches (exponential moving average), so it tracks the machine as
-    it is loaded now.
+    The LSTMs step along every row and every column, so a tile also costs in proportion to
+    h + w; without that term a thin strip (1 x 184 tiles) looks 10-100x dearer per pixel
+    than a square tile, and one such request would poison the estimate of every other.
+    The three coefficients come from warm-up; recent batches move one `factor` (observed
+    over predicted, smoothed), which follows the load on the machine as it is now.
     """
 
     per_pixel_s: float
+    per_line_s: float = 0.0
     per_call_s: float = 0.0
-    smoothing: float = 0.2
+    factor: float = 1.0
+    smoothing: float = 0.1
 
-    def seconds(self, pixels: float, calls: float) -> float:
-        return pixels * self.per_pixel_s + calls * self.per_call_s
+    def tile(self, h: int, w: int) -> float:
+        """Predicted seconds of one tile, before the learned factor."""
+        return self.per_call_s + self.per_pixel_s * h * w + self.per_line_s * (h + w)
+
+    def seconds(self, h: int, w: int, tiles: int) -> float:
+        return self.factor * tiles * self.tile(h, w)
 
     def estimate(self, plan: TilePlan) -> float:
-        return self.seconds(plan.model_pixels, plan.count)
+        return self.seconds(plan.tile_h, plan.tile_w, plan.count)
 
-    def observe(self, pixels: int, calls: int, seconds: float) -> None:
-        if pixels <= 0:
-            return
-        rate = max(seconds - calls * self.per_call_s, 0.0) / pixels
-        if rate > 0:
-            self.per_pixel_s += self.smoothing * (rate - self.per_pixel_s)
+    def observe(self, h: int, w: int, tiles: int, seconds: float) -> None:
+        predicted = tiles * self.tile(h, w)
+        if predicted > 0 and seconds > 0:
+            ratio = min(max(seconds / predicted, 0.25), 4.0)  # one outlier moves it little
+            self.factor += self.smoothing * (ratio - self.factor)
+
+    @classmethod
+    def fit(cls, samples: list[tuple[int, int, float]]) -> CostModel:
+        """Least squares over (h, w, seconds) of single tiles; coefficients kept >= 0."""
+        a = np.array([[1.0, h * w, h + w] for h, w, _ in samples])
+        t = np.array([sec for _, _, sec in samples])
+        call, pixel, line = np.linalg.lstsq(a, t, rcond=None)[0]
+        if min(call, pixel, line) < 0:  # refit the pixel term alone, the one that matters
+            pixel = float(np.dot(a[:, 1], t) / np.dot(a[:, 1], a[:, 1]))
+            call = line = 0.0
+        return cls(per_pixel_s=max(float(pixel), 1e-12), per_line_s=float(line),
+                   per_call_s=float(call))
 
 
 @dataclass(eq=False)
@@ -132,6 +151,8 @@ class Scheduler:
     name: str = "model"
     on_batch: Callable[[BatchRecord], None] = lambda record: None
     on_withdraw: Callable[[Job], None] = lambda job: None  # waiting tiles dropped
+    planner: Callable[[int, int], TilePlan] = lambda h, w: TilePlan(  # (h, w) -> its plan
+        h, w, h, w, (Span(0, 0, h),), (Span(0, 0, w),))
 
     def __post_init__(self) -> None:
         self._ring: deque[Job] = deque()  # admitted jobs with tiles waiting, in turn order
@@ -145,13 +166,17 @@ class Scheduler:
     # -- what the queue holds ------------------------------------------------------------
 
     @property
+    def busy(self) -> bool:
+        """Any admitted work not finished."""
+        return bool(self._jobs) or self._busy > 0
+
+    @property
     def waiting_tiles(self) -> int:
         return sum(job.waiting for job in self._jobs)
 
     def remaining_s(self, job: Job) -> float:
         """Worker seconds left for a job: its tiles not done, at the current rate."""
-        left = job.total - job.done
-        return self.cost.seconds(left * job.plan.tile_h * job.plan.tile_w, left)
+        return self.cost.seconds(job.plan.tile_h, job.plan.tile_w, job.total - job.done)
 
     @property
     def work_s(self) -> float:
@@ -169,11 +194,19 @@ class Scheduler:
 
     # -- admission -----------------------------------------------------------------------
 
-    def largest_pixels(self) -> int:
-        """Input pixels that one request alone can have done within the deadline (about)."""
-        budget = self.headroom * self.timeout_s * self.workers
-        per_input_pixel = self.cost.per_pixel_s * 1.1  # tiles cost about 1.1 pixels each
-        return int(budget / per_input_pixel) if per_input_pixel > 0 else 0
+    def largest_side(self) -> int:
+        """Side of the largest square input that one request alone can have done within
+        the deadline, by the current estimate and the real tile planner."""
+        lo, hi = 1, 1 << 16
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            plan = self.planner(mid, mid)
+            if self.cost.estimate(plan) / min(self.workers, plan.count) <= \
+                    self.headroom * self.timeout_s:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     def admit(self, plan: TilePlan, deadline: float, tag: str = "") -> Job:
         """Reserve the work of a plan, or refuse it at once (TooLarge, Busy)."""
@@ -186,7 +219,7 @@ class Scheduler:
         need = self.cost.estimate(plan)
         alone = need / min(self.workers, plan.count)
         if alone > self.headroom * self.timeout_s:
-            side = int(math.sqrt(self.largest_pixels()))
+            side = self.largest_side()
             raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
                            f"{self.timeout_s:.0f} s deadline; the largest input that can "
                            f"finish is about {side}x{side} pixels")
@@ -339,7 +372,7 @@ class Scheduler:
             self._dispatch()
         jobs = [job for job, _, _ in batch]
         pixels = sum(job.plan.tile_h * job.plan.tile_w for job in jobs)
-        self.cost.observe(pixels * padded // len(batch), 1, seconds)
+        self.cost.observe(*jobs[0].plan.shape, padded, seconds)
         for job in jobs:
             job.done += 1
             job.model_s += seconds / len(batch)

@@ -13,13 +13,13 @@ import ctypes
 import ctypes.util
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from app import imaging, tiling
-from app.canvas import Canvas
+from app.canvas import Canvas, ChunkStream, StreamClosed
 from app.engine import Engine
 from app.metrics import Metrics
 from app.scheduler import BatchRecord, Busy, CostModel, Job, Scheduler, TooLarge
@@ -27,7 +27,8 @@ from app.settings import Settings
 
 log = logging.getLogger("app.upscaler")
 
-# Outputs above this many bytes hand their freed memory back to the system at once.
+# Outputs above this many bytes hand their freed memory back to the system at once (others
+# when no work is left).
 TRIM_BYTES = 64 * 1024 * 1024
 
 
@@ -39,8 +40,7 @@ def _malloc_trim() -> None:
 
 @dataclass
 class Result:
-    chunks: Iterator[bytes]
-    length: int
+    chunks: AsyncIterator[bytes]  # the encoded image, streamed as it is made
     media_type: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles: int = 0
@@ -65,6 +65,7 @@ class Upscaler:
         self.metrics = metrics
         self.engine = engine or Engine(settings)
         self.schedulers: dict[int, Scheduler] = {}
+        self._encoding: set[asyncio.Task] = set()
         self.ready = False
         self.reason = "models loading"
 
@@ -87,10 +88,10 @@ class Upscaler:
             self.reason = "models warming up"
             on_gpu = self.engine.on_gpu
             for scale in self.engine.scales:
-                per_pixel, per_call = await asyncio.to_thread(
+                samples = await asyncio.to_thread(
                     self.engine.warm_up, scale, (self.bound(), self.bound()),
                     s.batch_sizes(on_gpu), s.resolved_workers(on_gpu))
-                costs[scale] = CostModel(per_pixel, per_call)
+                costs[scale] = CostModel.fit(samples)
         except Exception as err:
             self.reason = f"model load failed: {err}"
             log.exception("model load failed")
@@ -105,7 +106,7 @@ class Upscaler:
                 workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),
                 batch_sizes=s.batch_sizes(on_gpu), max_tiles=s.max_tiles_per_request,
                 queue_limit=s.queue_limit, timeout_s=s.request_timeout_s,
-                headroom=s.admission_headroom, name=f"x{scale}",
+                headroom=s.admission_headroom, name=f"x{scale}", planner=self._planner(),
                 on_batch=lambda rec, label=label: self._record_batch(label, rec),
                 on_withdraw=lambda job, label=label: self._record_withdraw(label, job))
             self.metrics.watch(label, sched)
@@ -131,6 +132,10 @@ class Upscaler:
         m.withdrawn_requests.labels(label).inc()
         m.withdrawn_tiles.labels(label).inc(job.waiting)
         m.withdrawn_model_seconds.labels(label).inc(job.model_s)
+
+    def _planner(self) -> Callable[[int, int], tiling.TilePlan]:
+        s, m = self.settings, self.settings.resolved_multiple(self.engine.on_gpu)
+        return lambda h, w: tiling.plan_tiles(h, w, s.tile_size, s.tile_overlap, multiple=m)
 
     def plan(self, scale: int, height: int, width: int) -> tiling.TilePlan:
         """The cheapest grid; spread over the workers nothing is waiting for."""
@@ -166,22 +171,46 @@ class Upscaler:
         finally:
             sched.release(job)
         t2 = time.perf_counter()
-        writer = await asyncio.to_thread(canvas.encode, out_fmt, quality, icc,
-                                         s.png_compress_level)
-        out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
-        del canvas
-        if out_bytes > TRIM_BYTES:
-            await asyncio.to_thread(_malloc_trim)
-        t3 = time.perf_counter()
+        stream = ChunkStream(asyncio.get_running_loop())
+        encoding = asyncio.create_task(asyncio.to_thread(
+            self._encode, canvas, stream, out_fmt, quality, icc))
+        self._encoding.add(encoding)
+        encoding.add_done_callback(self._encoding.discard)
+        del canvas  # the encoding thread holds it until done
+        chunks = stream.chunks()
+        first = await anext(chunks, b"")  # an error before any byte is still an answer
         queued = job.started_at - loop_t1 if job.started_at is not None else 0.0
         timings = {"decode": t1 - t0, "queue": max(0.0, queued), "inference": job.model_s,
-                   "encode": t3 - t2, "tiles": t2 - t1}
+                   "tiles": t2 - t1, "first-byte": time.perf_counter() - t2}
         m = self.metrics
         m.queue_seconds.labels(label).observe(timings["queue"])
         m.tile_overhead.labels(label).observe(plan.overhead)
         m.model_pixels.labels(label).inc(plan.model_pixels)
         m.input_pixels.labels(label).inc(plan.height * plan.width)
         m.output_pixels.labels(label).inc(plan.height * plan.width * scale**2)
-        return Result(writer.drain(), writer.size, imaging.MEDIA_TYPES[out_fmt], timings,
+        return Result(_prepend(first, chunks), imaging.MEDIA_TYPES[out_fmt], timings,
                       plan.count, plan.overhead)
+
+    def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,
+                icc: bytes | None) -> None:
+        """In a thread: encode into the stream, then hand freed memory back when it was a
+        big answer or the last work."""
+        try:
+            canvas.encode(stream, fmt, quality, icc, self.settings.png_compress_level)
+            stream.finish()
+        except StreamClosed:
+            log.info("output abandoned: the client left")
+        except BaseException as err:
+            stream.finish(err)
+        out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
+        del canvas
+        if out_bytes > TRIM_BYTES or not any(sc.busy for sc in self.schedulers.values()):
+            _malloc_trim()
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 

@@ -37,8 +37,9 @@ def session(scale: int, threads: int = 0) -> ort.InferenceSession:
 
 
 def tiled(sess: ort.InferenceSession, lr_y: np.ndarray, scale: int, tile: int, overlap: int,
+          min_tiles: int = 1,
           batch: int = 16) -> tuple[np.ndarray, tiling.TilePlan]:
-    plan = tiling.plan_tiles(*lr_y.shape, tile, overlap)
+    plan = tiling.plan_tiles(*lr_y.shape, tile, overlap, min_tiles)
     tiles = tiling.cut_tiles(lr_y / 255.0, plan)
     outs = [sess.run(None, {"input": tiles[i : i + batch]})[0]
             for i in range(0, len(tiles), batch)]
@@ -61,7 +62,8 @@ def seam_levels(diff: np.ndarray, plan: tiling.TilePlan, scale: int) -> tuple[fl
     return float(diff[mask].mean()), float(diff[~mask].mean())
 
 
-def quality(folders: list[str], tiles: list[int], overlaps: list[int]) -> None:
+def quality(folders: list[str], tiles: list[int], overlaps: list[int], min_tiles: int = 1
+            ) -> None:
     print("| scale | dataset | tile | overlap | whole (dB) | tiled (dB) | loss (dB) "
           "| worst image loss | at cuts (levels) | elsewhere | max |diff| |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -77,17 +79,17 @@ def quality(folders: list[str], tiles: list[int], overlaps: list[int]) -> None:
             for tile in tiles:
                 for overlap in overlaps:
                     if tile > 2 * overlap:
-                        row = _compare(sess, images, scale, tile, overlap)
+                        row = _compare(sess, images, scale, tile, overlap, min_tiles)
                         print(f"| x{scale} | {Path(folder).name} | {tile} | {overlap} | "
                               f"{whole:.3f} | {whole - row[0]:.3f} | {row[0]:.3f} | "
                               f"{row[1]:.3f} | {row[2]} | {row[3]:.2f} |", flush=True)
 
 
-def _compare(sess: ort.InferenceSession, images: list, scale: int, tile: int, overlap: int
-             ) -> tuple[float, float, str, float]:
+def _compare(sess: ort.InferenceSession, images: list, scale: int, tile: int, overlap: int,
+             min_tiles: int = 1) -> tuple[float, float, str, float]:
     losses, at_cuts, rest, worst = [], [], [], 0.0
     for lr_y, hr_y, w_raw in images:
-        out_raw, plan = tiled(sess, lr_y, scale, tile, overlap)
+        out_raw, plan = tiled(sess, lr_y, scale, tile, overlap, min_tiles=min_tiles)
         losses.append(psnr(quantize(w_raw), hr_y, scale) - psnr(quantize(out_raw), hr_y, scale))
         diff = np.abs(out_raw - w_raw)  # unquantized: what the tiling changed
         worst = max(worst, float(diff.max()))
@@ -138,11 +140,14 @@ def main() -> None:
     p.add_argument("--overlaps", type=int, nargs="+", default=[4, 8, 12, 16])
     p.add_argument("--speed-seconds", type=float, default=3.0)
     p.add_argument("--speed-overlap", type=int, default=8)
+    p.add_argument("--min-tiles", type=int, default=1,
+                   help="spread each image over at least this many tiles, as the service "
+                   "does for a lone request")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
     args = p.parse_args()
     if not args.skip_quality:
-        quality(args.folders, args.tiles, args.overlaps)
+        quality(args.folders, args.tiles, args.overlaps, args.min_tiles)
     if not args.skip_speed:
         speed(args.tiles, args.speed_overlap, args.speed_seconds)
 

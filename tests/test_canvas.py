@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app import imaging
-from app.canvas import Canvas
+from app.canvas import Canvas, ChunkStream, StreamClosed
 from app.tiling import plan_tiles
 from tests.helpers import noise
 
@@ -55,14 +56,42 @@ def test_tiles_are_y_over_255_of_the_input() -> None:
 
 
 def test_encode_streams_chunks_that_decode_to_the_output() -> None:
-    img = noise("RGB", 40, 30)
-    canvas = _tiled(img, 2, tile=16)
-    writer = canvas.encode("png", 90, None, 1)
-    size = writer.size
-    data = b"".join(writer.drain())
-    assert len(data) == size and not writer.chunks  # drained: nothing kept behind
+    img = noise("RGB", 400, 300)
+    canvas = _tiled(img, 2, tile=64)
+
+    async def main() -> tuple[bytes, int, int]:
+        stream = ChunkStream(asyncio.get_running_loop(), depth=2)
+
+        def encode() -> None:
+            canvas.encode(stream, "png", 90, None, 1)
+            stream.finish()
+
+        writer = asyncio.create_task(asyncio.to_thread(encode))
+        parts = [chunk async for chunk in stream.chunks()]
+        await writer
+        return b"".join(parts), stream.size, len(parts)
+
+    data, size, parts = asyncio.run(main())
+    assert len(data) == size and parts > 2  # several chunks, passed on as made
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))),
                                   np.asarray(canvas.out))
+
+
+def test_a_reader_that_goes_away_stops_the_encoder() -> None:
+    img = noise("RGB", 400, 300)
+    canvas = _tiled(img, 2, tile=64)
+
+    async def main() -> None:
+        stream = ChunkStream(asyncio.get_running_loop(), depth=1)
+        writer = asyncio.create_task(asyncio.to_thread(
+            canvas.encode, stream, "png", 90, None, 0))
+        chunks = stream.chunks()
+        await anext(chunks)
+        await chunks.aclose()  # the client left after the first chunk
+        with pytest.raises(StreamClosed):
+            await asyncio.wait_for(writer, 5)
+
+    asyncio.run(main())
 
 
 def test_encode_refuses_an_incomplete_output() -> None:
@@ -70,4 +99,4 @@ def test_encode_refuses_an_incomplete_output() -> None:
     canvas = Canvas(img, plan_tiles(30, 40, 16, 2), 2)
     canvas.paste(0, 0, _model(canvas.tile(0, 0), 2))
     with pytest.raises(RuntimeError):
-        canvas.encode("png", 90, None, 1)
+        canvas.encode(io.BytesIO(), "png", 90, None, 1)

@@ -86,7 +86,8 @@ def test_admission_refuses_what_cannot_finish_alone_with_the_largest_input() -> 
         sched.admit(plan_tiles(8, 8 * 1000, 8, 0), asyncio.get_running_loop().time() + 10)
         with pytest.raises(TooLarge) as err:  # 256,000 px: 25.6 s of work, 12.8 s on two
             sched.admit(plan_tiles(8, 8 * 4000, 8, 0), asyncio.get_running_loop().time() + 10)
-        side = int(math.sqrt(0.8 * 10 * 2 / (1e-4 * 1.1)))
+        # The default planner makes one tile of any size: 0.8 * 10 s / 1e-4 s per pixel.
+        side = math.isqrt(80_000)
         assert f"largest input that can finish is about {side}x{side}" in str(err.value)
 
     asyncio.run(main())
@@ -255,15 +256,50 @@ def test_a_failed_call_fails_its_jobs_and_the_next_job_runs() -> None:
     asyncio.run(main())
 
 
-def test_the_cost_model_learns_the_rate_from_batches() -> None:
-    model = FakeModel(delay=0.01)  # 64 px a call: ~1.6e-4 s per pixel
-    sched = _sched(model, cost=CostModel(per_pixel_s=1e-6, smoothing=0.5))
+def test_the_cost_model_follows_the_machine_from_batches() -> None:
+    model = FakeModel(delay=0.01)  # 64 px a call: 10 ms where 6.4 ms were predicted
+    sched = _sched(model, cost=CostModel(per_pixel_s=1e-4, smoothing=0.5))
 
     async def main() -> None:
         await _submit(sched, _grid(20), 1.0)
 
     asyncio.run(main())
-    assert 1e-4 < sched.cost.per_pixel_s < 1e-3
+    assert 1.2 < sched.cost.factor < 2.5
+
+
+def test_fit_recovers_the_three_costs() -> None:
+    truth = CostModel(per_pixel_s=2e-6, per_line_s=3e-5, per_call_s=1e-3)
+    shapes = [(8, 8), (1, 184), (184, 1), (92, 92), (184, 184)]
+    fitted = CostModel.fit([(h, w, truth.tile(h, w)) for h, w in shapes])
+    for h, w in [*shapes, (1, 5000), (300, 40)]:
+        assert fitted.tile(h, w) == pytest.approx(truth.tile(h, w), rel=1e-6)
+
+
+class ShapedModel(FakeModel):
+    """Time like an LSTM: per call, per pixel, and per row and column stepped through."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[2:]
+        self.delay = 1e-3 + 2e-7 * h * w + 2e-5 * (h + w)
+        return super().__call__(x)
+
+
+def test_thin_tiles_do_not_poison_the_estimate_of_square_ones() -> None:
+    model = ShapedModel()
+    samples = []
+    for h, w in [(8, 8), (1, 64), (64, 1), (32, 32), (64, 64)]:
+        t0 = time.perf_counter()
+        model(np.zeros((1, 1, h, w), np.float32))
+        samples.append((h, w, time.perf_counter() - t0))
+    sched = _sched(model, cost=CostModel.fit(samples), max_tiles=5000)
+    square = plan_tiles(64, 64 * 10, 64, 0)
+    before = sched.cost.estimate(square)
+
+    async def main() -> None:
+        await _submit(sched, plan_tiles(1, 64 * 300, 64, 0), 1.0)  # 300 thin tiles
+
+    asyncio.run(main())
+    assert sched.cost.estimate(square) == pytest.approx(before, rel=0.5)
 
 
 def test_stop_fails_waiting_jobs_as_busy() -> None:
