@@ -27,9 +27,10 @@ from app.settings import Settings
 
 log = logging.getLogger("app.upscaler")
 
-# Outputs above this many bytes hand their freed memory back to the system at once (others
-# when no work is left).
+# Outputs above this many bytes hand their freed memory back to the system at once; the
+# rest waits until the service has been idle this long.
 TRIM_BYTES = 64 * 1024 * 1024
+IDLE_TRIM_S = 1.0
 
 
 def _malloc_trim() -> None:
@@ -66,6 +67,8 @@ class Upscaler:
         self.engine = engine or Engine(settings)
         self.schedulers: dict[int, Scheduler] = {}
         self._encoding: set[asyncio.Task] = set()
+        self._trimmer: asyncio.Task | None = None
+        self._dirty = False  # memory freed since the last trim
         self.ready = False
         self.reason = "models loading"
 
@@ -111,10 +114,22 @@ class Upscaler:
                 on_withdraw=lambda job, label=label: self._record_withdraw(label, job))
             self.metrics.watch(label, sched)
             self.schedulers[scale] = sched
+        self._trimmer = asyncio.create_task(self._trim_when_idle())
         self.ready, self.reason = True, "ready"
         log.info("ready: scales %s", self.scales)
 
+    async def _trim_when_idle(self) -> None:
+        """Hand freed memory back once load stops: not after every request (the next one
+        would fault its pages in again), but when a second passes with no work."""
+        while True:
+            await asyncio.sleep(IDLE_TRIM_S)
+            if self._dirty and not any(sc.busy for sc in self.schedulers.values()):
+                self._dirty = False
+                await asyncio.to_thread(_malloc_trim)
+
     async def stop(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
         self.ready, self.reason = False, "shutting down"
         for sched in self.schedulers.values():
             await sched.stop()
@@ -204,8 +219,9 @@ class Upscaler:
             stream.finish(err)
         out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
         del canvas
-        if out_bytes > TRIM_BYTES or not any(sc.busy for sc in self.schedulers.values()):
+        if out_bytes > TRIM_BYTES:
             _malloc_trim()
+        self._dirty = True
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
