@@ -96,6 +96,7 @@ async def upscale(
     scale = up.settings.default_scale if scale is None else scale
     if scale not in up.scales:
         raise ApiError(422, f"scale must be one of {up.scales}")
+    up.schedulers[scale].refuse_early()  # a full queue answers before the body is read
     data = await _read_image(request)
     arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
     loop = asyncio.get_running_loop()

@@ -80,7 +80,9 @@ class CostModel:
     def observe(self, h: int, w: int, tiles: int, seconds: float) -> None:
         predicted = tiles * self.tile(h, w)
         if predicted > 0 and seconds > 0:
-            ratio = min(max(seconds / predicted, 0.25), 4.0)  # one outlier moves it little
+            # Bounded around the current factor: one outlier moves it little, yet a machine
+            # that got much slower (other work on its cores) is followed all the way.
+            ratio = min(max(seconds / predicted, self.factor / 4), self.factor * 4)
             self.factor += self.smoothing * (ratio - self.factor)
 
     @classmethod
@@ -187,6 +189,14 @@ class Scheduler:
     def drain_s(self) -> float:
         """Wall seconds until the admitted work is done, all workers busy."""
         return self.work_s / self.workers
+
+    def refuse_early(self) -> None:
+        """Busy at once, before a body is read, when the admitted work alone already fills
+        the deadline: no request, however small, could be admitted now."""
+        if self._closed:
+            raise Busy("shutting down", 5)
+        if self.drain_s >= self.headroom * self.timeout_s:
+            raise Busy(f"about {self.drain_s:.1f} s of work queued", self._retry_after())
 
     def free_workers(self) -> int:
         """Workers that no admitted tile is waiting for: a new job may spread over them."""

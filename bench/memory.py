@@ -89,7 +89,8 @@ def run(name: str, cwd: Path, args: argparse.Namespace) -> None:
     cases = [(f"{size}x{size} photo-like", png(photo(size))),
              (f"{size}x{size} noise", png(noise(size, size))),
              ("1x1,000,000", png(noise(1, 1_000_000)))]
-    with server(cwd=cwd) as (url, pid):
+    env = {"LSRCNN_REQUEST_TIMEOUT_S": str(args.timeout)} if args.timeout else {}
+    with server(env, cwd=cwd) as (url, pid):
         idle_start = settle(pid)
         print(f"\n{name}: idle after start {idle_start / MB:.0f} MB")
         print("| request | body | status | peak rise | rise / output RGB bytes | seconds |")
@@ -116,6 +117,9 @@ def main() -> None:
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--overload-clients", type=int, default=48)
     p.add_argument("--overload-seconds", type=float, default=30.0)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="the service's request deadline (LSRCNN_REQUEST_TIMEOUT_S), so that "
+                   "sizes that take longer than the default 60 s can be measured")
     p.add_argument("--compare", nargs="*", default=[], help="other checkouts to measure too")
     args = p.parse_args()
     for name, cwd in [("service", ROOT), *((Path(c).name, Path(c)) for c in args.compare)]:

@@ -275,31 +275,23 @@ def test_fit_recovers_the_three_costs() -> None:
         assert fitted.tile(h, w) == pytest.approx(truth.tile(h, w), rel=1e-6)
 
 
-class ShapedModel(FakeModel):
-    """Time like an LSTM: per call, per pixel, and per row and column stepped through."""
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        h, w = x.shape[2:]
-        self.delay = 1e-3 + 2e-7 * h * w + 2e-5 * (h + w)
-        return super().__call__(x)
+def _lstm_like(h: int, w: int) -> float:
+    """Seconds of a tile as an LSTM spends them: per call, per pixel, per row and column."""
+    return 1e-3 + 2e-7 * h * w + 2e-5 * (h + w)
 
 
 def test_thin_tiles_do_not_poison_the_estimate_of_square_ones() -> None:
-    model = ShapedModel()
-    samples = []
-    for h, w in [(8, 8), (1, 64), (64, 1), (32, 32), (64, 64)]:
-        t0 = time.perf_counter()
-        model(np.zeros((1, 1, h, w), np.float32))
-        samples.append((h, w, time.perf_counter() - t0))
-    sched = _sched(model, cost=CostModel.fit(samples), max_tiles=5000)
-    square = plan_tiles(64, 64 * 10, 64, 0)
-    before = sched.cost.estimate(square)
-
-    async def main() -> None:
-        await _submit(sched, plan_tiles(1, 64 * 300, 64, 0), 1.0)  # 300 thin tiles
-
-    asyncio.run(main())
-    assert sched.cost.estimate(square) == pytest.approx(before, rel=0.5)
+    shapes = [(8, 8), (1, 64), (64, 1), (32, 32), (64, 64)]
+    cost = CostModel.fit([(h, w, _lstm_like(h, w)) for h, w in shapes])
+    square = plan_tiles(64, 640, 64, 0)
+    before = cost.estimate(square)
+    for _ in range(300):  # a 1 x 19,200 strip, tile after tile
+        cost.observe(1, 64, 1, _lstm_like(1, 64))
+    assert cost.estimate(square) == pytest.approx(before, rel=0.01)
+    # A cost per pixel alone, fitted on the square tile, would call a thin tile 10x cheaper
+    # than it is: the error the per-line term removes.
+    per_pixel_only = _lstm_like(64, 64) / (64 * 64)
+    assert _lstm_like(1, 64) / (per_pixel_only * 64) > 10
 
 
 def test_stop_fails_waiting_jobs_as_busy() -> None:
@@ -314,5 +306,31 @@ def test_stop_fails_waiting_jobs_as_busy() -> None:
             await task
         with pytest.raises(Busy):
             sched.admit(_grid(1), asyncio.get_running_loop().time() + 10)
+
+    asyncio.run(main())
+
+
+def test_the_cost_factor_follows_a_machine_that_got_much_slower() -> None:
+    cost = CostModel(per_pixel_s=1e-6)
+    for _ in range(200):
+        cost.observe(10, 10, 1, 1e-6 * 100 * 10)  # every tile 10x slower than at warm-up
+    assert cost.factor == pytest.approx(10, rel=0.05)
+    for _ in range(200):
+        cost.observe(10, 10, 1, 1e-6 * 100)  # and back
+    assert cost.factor == pytest.approx(1, rel=0.05)
+
+
+def test_a_full_queue_refuses_early_before_any_body() -> None:
+    sched = _sched(FakeModel(), cost=CostModel(per_pixel_s=1e-3), timeout_s=5.0)
+
+    async def main() -> None:
+        now = asyncio.get_running_loop().time()
+        sched.refuse_early()  # empty: nothing to say
+        sched.admit(_grid(50), now + 10)  # 3.2 s of work: room for more
+        sched.refuse_early()
+        sched.admit(_grid(50), now + 10)  # 6.4 s: past the 5 s a request may wait
+        with pytest.raises(Busy) as err:
+            sched.refuse_early()
+        assert err.value.retry_after_s == 7
 
     asyncio.run(main())
