@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import tempfile
 from collections.abc import AsyncIterator
 
 import httpx
@@ -59,4 +60,6 @@ TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4}
 
 
 def make_app(**overrides: object) -> FastAPI:
-    return create_app(Settings(**{**TEST_SETTINGS, **overrides}))
+    # Each app its own spool: one test's jobs are never another app's to find.
+    spool = {"spool_dir": tempfile.mkdtemp(prefix="lsrcnn-test-spool-")}
+    return create_app(Settings(**{**TEST_SETTINGS, **spool, **overrides}))
