@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from app import logs
+from app import logs, ports
 from app.main import create_app
 from app.server import Server, config
 from app.settings import Settings
@@ -12,6 +12,12 @@ from app.settings import Settings
 
 def main() -> None:
     settings = Settings()
+    why = ports.taken(settings.host, settings.port)
+    if why is not None:
+        print(f"lsrcnn: cannot listen on {settings.host}:{settings.port}: {why}. Another "
+              f"service (or an earlier `make serve`) holds it; pick another port, e.g. "
+              f"LSRCNN_PORT={settings.port + 1} make serve", file=sys.stderr)
+        sys.exit(2)
     logs.configure(settings.log_level)
     app = create_app(settings)
     server = Server(config(app, settings), app.state.drain, settings.shutdown_delay_s)
