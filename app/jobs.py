@@ -138,7 +138,9 @@ class JobManager:
             entry.state.status = "cancelled"
             self.finished.labels("cancelled").inc()
         await self._remove(job_id)
-        return self.view(entry)
+        view = self.view(entry)
+        view.pop("result_url", None)  # gone with the files
+        return view
 
     def result(self, entry: Entry) -> tuple[Path, str]:
         return (self.spool.result_path(entry.state.id),

@@ -62,6 +62,7 @@ function pick(chosen) {
   $("before").src = url;
   $("after").removeAttribute("src");
   const compare = $("compare");
+  delete compare.dataset.ready;
   compare.classList.remove("empty");
   compare.classList.add("before-only");
 }
