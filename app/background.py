@@ -8,6 +8,7 @@ plan, one canvas, one encoder), while the request path stays as it is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable
 from typing import IO
@@ -60,13 +61,16 @@ async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, 
         await sched.run(job, canvas.tile, canvas.paste)
     finally:
         sched.release(job)
-    level = up.settings.png_compress_level
-
-    def write(f: IO[bytes]) -> None:
-        canvas.encode(f, out_fmt, quality, icc, level)
-
+    write = functools.partial(_encode, canvas, out_fmt, quality, icc,
+                              up.settings.png_compress_level)
+    del canvas
     try:
         return await asyncio.to_thread(spool.write_result, job_id, write)
     finally:
-        del canvas
+        del write
         _malloc_trim()  # a big image's freed pages go back to the system
+
+
+def _encode(canvas: Canvas, fmt: str, quality: int, icc: bytes | None, level: int,
+            f: IO[bytes]) -> None:
+    canvas.encode(f, fmt, quality, icc, level)

@@ -46,6 +46,7 @@ class Entry:
     state: JobState
     job: Job | None = None  # the scheduler's job while its tiles run
     task: asyncio.Task | None = None  # while running
+    bytes: int = 0  # of its folder in the spool
 
 
 class JobManager:
@@ -55,7 +56,7 @@ class JobManager:
         self.spool = Spool(Path(s.spool_dir))
         self.entries: dict[str, Entry] = {}
         self.queue: deque[str] = deque()
-        self.bytes = 0  # on disk in the spool
+        self._reserved = 0  # bytes of submissions being written
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         r = metrics.registry
@@ -68,6 +69,11 @@ class JobManager:
                                 "Jobs that ended, by status (done, failed, cancelled)",
                                 ["status"], registry=r)
 
+    @property
+    def bytes(self) -> int:
+        """Bytes in the spool: every job's folder, and submissions being written."""
+        return self._reserved + sum(e.bytes for e in self.entries.values())
+
     def count(self, status: str) -> int:
         return sum(e.state.status == status for e in self.entries.values())
 
@@ -76,11 +82,11 @@ class JobManager:
     async def start(self) -> None:
         """Find the spooled jobs again, then run them and sweep expired ones."""
         for state in await asyncio.to_thread(self.spool.scan):
-            self.bytes += await asyncio.to_thread(self.spool.used_bytes, state.id)
+            used = await asyncio.to_thread(self.spool.used_bytes, state.id)
             if state.status not in FINISHED:
                 state.status = "queued"  # interrupted: from the start again
                 self.queue.append(state.id)
-            self.entries[state.id] = Entry(state)
+            self.entries[state.id] = Entry(state, bytes=used)
         if self.queue:
             log.info("%d spooled jobs found again", len(self.queue))
         self._tasks = [asyncio.create_task(self._run_forever()),
@@ -109,13 +115,13 @@ class JobManager:
                          imaging.output_format(fmt, probed.format), plan.count, plan.tile_h,
                          plan.tile_w, len(data))
         del probed
-        self.bytes += len(data)
+        self._reserved += len(data)
         try:
             await asyncio.to_thread(self.spool.create, state, data)
-        except BaseException:
-            self.bytes -= len(data)
-            raise
-        self.entries[state.id] = Entry(state)
+            used = await asyncio.to_thread(self.spool.used_bytes, state.id)
+        finally:
+            self._reserved -= len(data)
+        self.entries[state.id] = Entry(state, bytes=used)
         self.queue.append(state.id)
         self._wake.set()
         return state
@@ -228,8 +234,9 @@ class JobManager:
             await self._finish(entry, "failed", "inference failed")
         else:
             st.result_bytes = size
-            self.bytes += size - await asyncio.to_thread(self.spool.drop_input, st.id)
+            await asyncio.to_thread(self.spool.drop_input, st.id)
             await self._finish(entry, "done")
+            entry.bytes = await asyncio.to_thread(self.spool.used_bytes, st.id)
         finally:
             entry.job = None
 
@@ -240,12 +247,7 @@ class JobManager:
         self.finished.labels(status).inc()
 
     async def _remove(self, job_id: str) -> None:
-        try:
-            used = await asyncio.to_thread(self.spool.used_bytes, job_id)
-        except FileNotFoundError:
-            used = 0
         await asyncio.to_thread(self.spool.remove, job_id)
-        self.bytes = max(0, self.bytes - used)
 
     async def _sweep_forever(self) -> None:
         """Finished jobs go once their time to live is over."""
