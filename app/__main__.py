@@ -12,12 +12,7 @@ from app.settings import Settings
 
 def main() -> None:
     settings = Settings()
-    why = ports.taken(settings.host, settings.port)
-    if why is not None:
-        print(f"lsrcnn: cannot listen on {settings.host}:{settings.port}: {why}. Another "
-              f"service (or an earlier `make serve`) holds it; pick another port, e.g. "
-              f"LSRCNN_PORT={settings.port + 1} make serve", file=sys.stderr)
-        sys.exit(2)
+    ports.require_free(settings.host, settings.port)
     logs.configure(settings.log_level)
     app = create_app(settings)
     server = Server(config(app, settings), app.state.drain, settings.shutdown_delay_s)
