@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   install what is missing, serve the bundled models on 127.0.0.1:8000
+#                (another port: LSRCNN_PORT=8001 make serve)
 #   make test    install what is missing, run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +22,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[cpu,train,dev]"
 	touch $@ $(VENV)/.serve-installed
 
-serve: $(VENV)/.serve-installed
+# The port first: a taken one stops here, before any install.
+serve:
+	@$(PYTHON) -m app.ports
+	@$(MAKE) --no-print-directory $(VENV)/.serve-installed
 	$(BIN)/python -m app
 
 test: $(VENV)/.dev-installed

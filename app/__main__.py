@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from app import logs
+from app import logs, ports
 from app.main import create_app
 from app.server import Server, config
 from app.settings import Settings
@@ -12,6 +12,7 @@ from app.settings import Settings
 
 def main() -> None:
     settings = Settings()
+    ports.require_free(settings.host, settings.port)
     logs.configure(settings.log_level)
     app = create_app(settings)
     server = Server(config(app, settings), app.state.drain, settings.shutdown_delay_s)

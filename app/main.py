@@ -8,10 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
-from app import errors
+from app import errors, job_routes, web
 from app.engine import Engine
+from app.jobs import JobManager
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import router
@@ -41,13 +43,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics = Metrics()
     upscaler = Upscaler(settings, metrics, engine)
     drain = Drain(settings.graceful_timeout_s)
+    jobs = JobManager(upscaler, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.loop = asyncio.get_running_loop()
         # Load in the background: the process is live (and says "not ready") meanwhile.
         loading = asyncio.create_task(_load(upscaler, metrics, settings.model_retry_s))
+        await jobs.start()  # spooled jobs run once the models are ready
         yield
+        await jobs.stop()  # before the schedulers: interrupted jobs stay in the spool
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
@@ -60,17 +65,23 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                   **docs)
     app.state.settings, app.state.metrics, app.state.upscaler = settings, metrics, upscaler
     app.state.drain = drain
+    app.state.jobs = jobs
     app.include_router(router)
+    app.include_router(job_routes.router)
+    app.include_router(web.router)
+    app.mount(web.STATIC_PATH, StaticFiles(directory=web.STATIC), name="static")
     errors.install(app)
     routes = {p for r in router.routes if (p := getattr(r, "path", None))}
+    routes |= {"/", "/v1/jobs"}  # job ids and file names would make a label per job
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,
                        allowed_origins=settings.allowed_origins)
     if settings.allowed_origins:  # outermost, so preflights are answered before anything else
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
-                           allow_methods=["GET", "POST"],
+                           allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Server-Timing", "X-Tiles"])
+                           expose_headers=["X-Request-ID", "Server-Timing", "X-Tiles",
+                                           "Location"])
     return app
 
 

@@ -9,6 +9,11 @@ sparse-flow rule of fq_codel does), so a big image cannot hold everyone else. Ti
 lazily, at most one batch per free worker, in the worker thread that runs them, and pasted
 straight into their job's output there. A job whose waiter goes away (client disconnect,
 deadline) is withdrawn: its tiles not yet started are never run.
+
+Priorities: background jobs (the jobs API, priority 1) take a turn only when no synchronous
+job (priority 0) has a tile waiting, so a request waits for at most the background tiles
+already running. Synchronous admission counts only synchronous work plus those tiles;
+background jobs have no deadline and their own admission (the spool's), not this one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import numpy as np
 from app.tiling import Span, TilePlan
 
 log = logging.getLogger("app.scheduler")
+
+
+SYNC, BACKGROUND = 0, 1  # job priorities: lower goes first
 
 
 class TooLarge(Exception):
@@ -116,6 +124,7 @@ class Job:
     error: BaseException | None = None
     batches: set[int] = field(default_factory=set)
     tag: str = ""  # the request id, for logs
+    priority: int = SYNC
 
     @property
     def total(self) -> int:
@@ -172,9 +181,13 @@ class Scheduler:
         """Any admitted work not finished."""
         return bool(self._jobs) or self._busy > 0
 
+    def _sync_jobs(self) -> list[Job]:
+        return [job for job in self._jobs if job.priority == SYNC]
+
     @property
     def waiting_tiles(self) -> int:
-        return sum(job.waiting for job in self._jobs)
+        """Synchronous tiles not started (what a new request queues behind)."""
+        return sum(job.waiting for job in self._sync_jobs())
 
     def remaining_s(self, job: Job) -> float:
         """Worker seconds left for a job: its tiles not done, at the current rate."""
@@ -182,8 +195,19 @@ class Scheduler:
 
     @property
     def work_s(self) -> float:
-        """Worker seconds of all admitted work not done yet."""
-        return sum(self.remaining_s(job) for job in self._jobs)
+        """Worker seconds of the admitted synchronous work not done yet."""
+        return sum(self.remaining_s(job) for job in self._sync_jobs())
+
+    @property
+    def background_s(self) -> float:
+        """Worker seconds of the admitted background work not done yet."""
+        return sum(self.remaining_s(job) for job in self._jobs if job.priority != SYNC)
+
+    def _background_running_s(self) -> float:
+        """Wall seconds until the background tiles now running are done, at worst: a
+        synchronous tile waits for nothing more."""
+        return sum(self.cost.seconds(job.plan.tile_h, job.plan.tile_w, job.issued - job.done)
+                   for job in self._jobs if job.priority != SYNC) / self.workers
 
     @property
     def drain_s(self) -> float:
@@ -218,13 +242,19 @@ class Scheduler:
                 hi = mid - 1
         return lo
 
-    def admit(self, plan: TilePlan, deadline: float, tag: str = "") -> Job:
-        """Reserve the work of a plan, or refuse it at once (TooLarge, Busy)."""
+    def admit(self, plan: TilePlan, deadline: float, tag: str = "",
+              priority: int = SYNC) -> Job:
+        """Reserve the work of a plan, or refuse it at once (TooLarge, Busy). Background
+        jobs are refused only for their tile count or a closed scheduler."""
         if self._closed:
             raise Busy("shutting down", 5)
         if plan.count > self.max_tiles:
             raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is "
                            f"{self.max_tiles}")
+        if priority != SYNC:
+            job = Job(plan, deadline, tag=tag, priority=priority)
+            self._jobs.add(job)
+            return job
         now = asyncio.get_running_loop().time()
         need = self.cost.estimate(plan)
         alone = need / min(self.workers, plan.count)
@@ -250,11 +280,12 @@ class Scheduler:
         job has received min(r_k, r) seconds: F = sum_k min(r_k, r) / W. A job that would
         miss its deadline even without the new one does not block admission.
         """
-        work = [(self.remaining_s(job), job.deadline) for job in self._jobs]
+        work = [(self.remaining_s(job), job.deadline) for job in self._sync_jobs()]
         rest = [r for r, _ in work]
+        lag = self._background_running_s()
 
         def finish(r: float, others: list[float]) -> float:
-            return (r + sum(min(o, r) for o in others)) / self.workers
+            return lag + (r + sum(min(o, r) for o in others)) / self.workers
 
         if finish(need, rest) > self.headroom * (new.deadline - now):
             return False
@@ -289,7 +320,7 @@ class Scheduler:
         self._ring.appendleft(job)  # a new job takes the next turn
         self._dispatch()
         try:
-            async with asyncio.timeout_at(job.deadline):
+            async with asyncio.timeout_at(None if math.isinf(job.deadline) else job.deadline):
                 await asyncio.shield(job.done_future)
         except TimeoutError as err:
             raise DeadlineExceeded("request deadline passed") from err
@@ -305,8 +336,11 @@ class Scheduler:
         return job
 
     def _take_batch(self) -> list[tuple[Job, int, int]]:
-        """Up to max_batch tiles of one shape, one per job per turn, starting at the head."""
-        shape = self._ring[0].plan.shape
+        """Up to max_batch tiles of one shape, one per job per turn, starting at the first
+        job of the most urgent priority that has tiles waiting."""
+        top = min(job.priority for job in self._ring)
+        head = next(job for job in self._ring if job.priority == top)
+        shape = head.plan.shape
         batch: list[tuple[Job, int, int]] = []
         served: list[Job] = []
         while len(batch) < self.max_batch:
@@ -314,7 +348,7 @@ class Scheduler:
             for job in list(self._ring):
                 if len(batch) >= self.max_batch:
                     break
-                if job.plan.shape != shape or job.waiting == 0:
+                if job.priority != top or job.plan.shape != shape or job.waiting == 0:
                     continue
                 assert job.pending is not None
                 r, c = next(job.pending)

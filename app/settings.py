@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,18 @@ class Settings(BaseSettings):
                                       "`Authorization: Bearer <key>`")
     docs: bool = Field(False, description="serve /docs and /redoc (their scripts load from a "
                        "public CDN); /openapi.json is always served")
+    # Jobs API (/v1/jobs): big images in the background, spooled to disk
+    spool_dir: Path = Field(Path(tempfile.gettempdir()) / "lsrcnn-spool",
+                            description="folder of spooled jobs (input, state, result); mount "
+                            "a volume here so jobs outlive the container")
+    spool_max_bytes: int = Field(2 * 1024**3, ge=1, description="bytes of inputs and results "
+                                 "the spool may hold; beyond: 503 with Retry-After")
+    job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished job and its result "
+                             "are kept")
+    job_max_input_pixels: int = Field(64_000_000, ge=1, description="input pixel limit of a "
+                                      "job (413)")
+    job_max_output_pixels: int = Field(0, ge=0, description="output pixel limit of a job (413); "
+                                       "0 = LSRCNN_MAX_OUTPUT_PIXELS")
 
     @property
     def allowed_origins(self) -> list[str]:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import io
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,9 @@ def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
     """Start `python -m module` (from `cwd`) on a free loopback port; return once ready."""
     port = _free_port()
     full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
+    if "LSRCNN_SPOOL_DIR" not in env:  # never another server's jobs
+        full_env["LSRCNN_SPOOL_DIR"] = spool = tempfile.mkdtemp(prefix="lsrcnn-spool-")
+        atexit.register(shutil.rmtree, spool, True)
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=full_env,
                             stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -175,6 +175,9 @@ done
 ready_s=$(elapsed "$t0" "$(now)")
 curl -fsS -o /dev/null --max-time 5 "$url/health/live" || die "/health/live failed"
 podman healthcheck run "$NAME" >/dev/null || die "the image's HEALTHCHECK reports unhealthy"
+# The web page and its script made it into the installed package.
+curl -fsS -o /dev/null --max-time 5 "$url/" || die "the web page at / failed"
+curl -fsS -o /dev/null --max-time 5 "$url/static/app.js" || die "/static/app.js failed"
 
 # --- 4. upscale ------------------------------------------------------------------------------
 png_size() {  # prints "W H" of a PNG, or nothing if the file is not a PNG

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import shutil
+import tempfile
+import weakref
 from collections.abc import AsyncIterator
 
 import httpx
@@ -59,4 +62,8 @@ TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4}
 
 
 def make_app(**overrides: object) -> FastAPI:
-    return create_app(Settings(**{**TEST_SETTINGS, **overrides}))
+    # Each app its own spool: one test's jobs are never another app's to find.
+    spool = tempfile.mkdtemp(prefix="lsrcnn-test-spool-")
+    app = create_app(Settings(**{**TEST_SETTINGS, "spool_dir": spool, **overrides}))
+    weakref.finalize(app, shutil.rmtree, spool, True)
+    return app

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from app.scheduler import (
+    BACKGROUND,
     BatchFailed,
     BatchRecord,
     Busy,
@@ -332,5 +333,65 @@ def test_a_full_queue_refuses_early_before_any_body() -> None:
         with pytest.raises(Busy) as err:
             sched.refuse_early()
         assert err.value.retry_after_s == 7
+
+
+async def _submit_background(sched: Scheduler, plan: TilePlan, ident: float) -> Sink:
+    sink = Sink(ident, plan)
+    job = sched.admit(plan, math.inf, priority=BACKGROUND)
+    await sched.run(job, sink.cut, sink.paste)
+    return sink
+
+
+def test_a_request_overtakes_a_background_job_waiting_only_for_its_running_tiles() -> None:
+    model = FakeModel(delay=0.005)
+    sched = _sched(model, workers=2)
+
+    async def main() -> None:
+        big = asyncio.create_task(_submit_background(sched, _grid(200), 1.0))
+        await asyncio.sleep(0.05)  # the background job holds both workers
+        before = len(model.calls)
+        small = await _submit(sched, _grid(6), 2.0)
+        assert len(small.pasted) == 6 and not big.done()
+        order = [ids[0] for ids in model.calls[before:]]
+        last_small = max(i for i, ident in enumerate(order) if ident == 2.0)
+        # Every call between its arrival and its end was its own, but for the two
+        # background tiles already running (and at most one started beside its last tile);
+        # plain turns would have alternated, six of them.
+        assert order[: last_small + 1].count(1.0) <= 3
+        assert len((await big).pasted) == 200
+
+    asyncio.run(main())
+
+
+def test_background_work_neither_blocks_nor_is_refused_by_synchronous_admission() -> None:
+    # 1e-3 s per pixel: a 100-tile job is 6.4 s of work, a 400-tile one 25.6 s, over the
+    # 10 s deadline of synchronous requests.
+    sched = _sched(FakeModel(), cost=CostModel(per_pixel_s=1e-3), max_tiles=5000)
+
+    async def main() -> None:
+        now = asyncio.get_running_loop().time()
+        with pytest.raises(TooLarge):
+            sched.admit(_grid(400), now + 10)
+        background = sched.admit(_grid(400), math.inf, priority=BACKGROUND)
+        assert sched.drain_s == 0 and sched.background_s == pytest.approx(25.6)
+        sched.admit(_grid(100), now + 10)  # its queued work does not count against requests
+        with pytest.raises(Busy):  # but synchronous work still does
+            sched.admit(_grid(100), now + 10)
+        sched.release(background)
+        assert sched.background_s == 0
+
+    asyncio.run(main())
+
+
+def test_running_background_tiles_count_against_a_tight_deadline() -> None:
+    sched = _sched(FakeModel(), cost=CostModel(per_pixel_s=1e-3))
+
+    async def main() -> None:
+        now = asyncio.get_running_loop().time()
+        job = sched.admit(_grid(400, 32), math.inf, priority=BACKGROUND)
+        job.issued = 1  # one 32x32 tile running: 1.024 s
+        sched.admit(_grid(1), now + 1.2)  # 0.064 s after it: in time
+        with pytest.raises(Busy):
+            sched.admit(_grid(1), now + 1.05)
 
     asyncio.run(main())

@@ -1,0 +1,76 @@
+"""The jobs API's pipeline: the probe, tile plan, canvas and encoder of `/upscale`, run at
+background priority with no deadline, into a file instead of a response.
+
+Kept beside `Upscaler.upscale` rather than inside it: the pixels come out the same (one
+plan, one canvas, one encoder), while the request path stays as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Callable
+from typing import IO
+
+from app import imaging
+from app.canvas import Canvas
+from app.scheduler import BACKGROUND, Job, TooLarge
+from app.spool import Spool
+from app.tiling import TilePlan
+from app.upscaler import Upscaler, _malloc_trim
+
+
+def job_limits(up: Upscaler) -> tuple[int, int]:
+    """Input and output pixel limits of jobs (their own, larger than a request's)."""
+    s = up.settings
+    return s.job_max_input_pixels, s.job_max_output_pixels or s.max_output_pixels
+
+
+def check(up: Upscaler, data: bytes, scale: int, fmt: str | None
+          ) -> tuple[imaging.Probe, TilePlan]:
+    """Everything the header decides (400, 413, 415, 422), before the job is accepted."""
+    probed = imaging.probe(data, *job_limits(up), scale, fmt)
+    plan = up.plan(scale, *probed.size)
+    limit = up.schedulers[scale].max_tiles
+    if plan.count > limit:
+        raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is {limit}")
+    return probed, plan
+
+
+async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, scale: int,
+                          fmt: str | None, quality: int,
+                          on_admit: Callable[[Job], None]) -> int:
+    """Upscale a spooled input into the job's result file; its size in bytes.
+    `on_admit` gets the scheduler's job (its `done` / `total` are the progress)."""
+    sched = up.schedulers[scale]
+    probed, plan = check(up, data, scale, fmt)
+    del data
+    out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
+    job = sched.admit(plan, math.inf, job_id, priority=BACKGROUND)
+    on_admit(job)
+    try:
+        decoded = await asyncio.to_thread(imaging.load, probed)
+        del probed  # the canvas keeps its own copy of the pixels
+        image = decoded.image
+        if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
+            plan = up.plan(scale, image.height, image.width)
+            job.plan = plan
+        canvas = Canvas(image, plan, scale)
+        del image, decoded
+        await sched.run(job, canvas.tile, canvas.paste)
+    finally:
+        sched.release(job)
+    write = functools.partial(_encode, canvas, out_fmt, quality, icc,
+                              up.settings.png_compress_level)
+    del canvas
+    try:
+        return await asyncio.to_thread(spool.write_result, job_id, write)
+    finally:
+        del write
+        _malloc_trim()  # a big image's freed pages go back to the system
+
+
+def _encode(canvas: Canvas, fmt: str, quality: int, icc: bytes | None, level: int,
+            f: IO[bytes]) -> None:
+    canvas.encode(f, fmt, quality, icc, level)

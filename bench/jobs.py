@@ -1,0 +1,99 @@
+"""Jobs benchmark: what the jobs API costs over `/upscale`, and what a big job does to the
+latency of requests beside it.
+
+    python -m bench.jobs [--image tests/data/Set5/baby.png] [--rounds 5] [--big 4000]
+                         [--probe 256] [--probes 10]
+
+1. Overhead: the same image upscaled x2 `rounds` times each way, one at a time: POST
+   /upscale (until the last byte), and POST /v1/jobs, polling its status every 50 ms, then
+   GET the result. Reports medians and the difference.
+2. Interference: `probes` requests of a probe x probe crop, one at a time, alone; then the
+   same while a big x big job runs (the job is deleted afterwards). Reports medians and the
+   ratio.
+A uvicorn subprocess on 127.0.0.1 with the default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from bench.load import ROOT, server
+
+PNG = {"content-type": "image/png"}
+
+
+def _png(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _sync(http: httpx.Client, data: bytes) -> float:
+    t0 = time.perf_counter()
+    r = http.post("/upscale?scale=2", content=data, headers=PNG)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def _job(http: httpx.Client, data: bytes) -> float:
+    t0 = time.perf_counter()
+    r = http.post("/v1/jobs?scale=2", content=data, headers=PNG)
+    assert r.status_code == 202, r.text
+    where = r.headers["location"]
+    while (view := http.get(where).json())["status"] in ("queued", "running"):
+        time.sleep(0.05)
+    assert view["status"] == "done", view
+    http.get(view["result_url"]).raise_for_status()
+    elapsed = time.perf_counter() - t0
+    http.delete(where)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", default=str(ROOT / "tests/data/Set5/baby.png"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--big", type=int, default=4000, help="side of the big job's input")
+    ap.add_argument("--probe", type=int, default=256, help="side of the probe requests")
+    ap.add_argument("--probes", type=int, default=10)
+    args = ap.parse_args()
+    src = Image.open(args.image).convert("RGB")
+    data = _png(src)
+    probe = _png(src.crop((0, 0, args.probe, args.probe)))
+    # Smooth content (an enlarged photo) as JPEG keeps the big input under the body limit.
+    big = _png(src.resize((args.big, args.big), Image.Resampling.BICUBIC), "JPEG")
+    with server() as (url, _), httpx.Client(base_url=url, timeout=600) as http:
+        _sync(http, data)  # warm the connection and the caches
+        sync = [_sync(http, data) for _ in range(args.rounds)]
+        job = [_job(http, data) for _ in range(args.rounds)]
+        s, j = statistics.median(sync), statistics.median(job)
+        print(f"{Path(args.image).name} {src.width}x{src.height} x2, median of {args.rounds}:")
+        print(f"  /upscale {s:.3f} s   job (submit, poll every 50 ms, fetch) {j:.3f} s   "
+              f"overhead {j - s:+.3f} s ({(j / s - 1) * 100:+.0f}%)")
+
+        alone = [_sync(http, probe) for _ in range(args.probes)]
+        r = http.post("/v1/jobs?scale=2", content=big, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 202, r.text
+        where = r.headers["location"]
+        while (view := http.get(where).json())["tiles_done"] < 2:
+            assert view["status"] in ("queued", "running"), view
+            time.sleep(0.1)
+        during = [_sync(http, probe) for _ in range(args.probes)]
+        view = http.get(where).json()
+        http.delete(where)
+        a, d = statistics.median(alone), statistics.median(during)
+        print(f"{args.probe}x{args.probe} x2 requests, median of {args.probes}: alone "
+              f"{a:.3f} s, during a {args.big}x{args.big} job {d:.3f} s (max "
+              f"{max(during):.3f} s): {d / a:.2f}x; the job was at tile "
+              f"{view['tiles_done']} of {view['tiles_total']}, still {view['status']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The web page in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+driven by Selenium) against a real server on 127.0.0.1: upload Set5 images, wait for the
+results (a big one through the jobs API), check their size, move the slider, see an error,
+and save a 1280x800 screenshot to $LSRCNN_SCREENSHOT_DIR (default `.ci-artifacts/`).
+Skipped, saying why, where Chromium or Selenium is missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.load import start_server
+from tests.conftest import ROOT, SET5
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+# CI sets LSRCNN_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
+REQUIRED = os.environ.get("LSRCNN_REQUIRE_BROWSER") == "1"
+if not (CHROMIUM and DRIVER):
+    if REQUIRED:
+        raise RuntimeError("LSRCNN_REQUIRE_BROWSER=1 but chromium or chromedriver is missing")
+    pytest.skip("no headless Chromium here: apt-get install chromium chromium-driver "
+                "(.ci/run does)", allow_module_level=True)
+pytestmark = pytest.mark.slow
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium missing: pip install -e '.[dev]'")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+WIDTH, HEIGHT = 1280, 800
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("browser") / "server.log"
+    with open(log, "wb") as out:
+        proc, url = start_server("app", {}, timeout_s=120, output=out)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars"):
+        options.add_argument(arg)
+    # The driver given by path: Selenium must not go looking for one on the network.
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _upscale(driver: webdriver.Chrome, path: Path, scale: int) -> None:
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "go").is_enabled())
+    radio = driver.find_element(By.CSS_SELECTOR, f"input[name=scale][value='{scale}']")
+    driver.execute_script("arguments[0].click()", radio)
+    driver.find_element(By.ID, "go").click()
+    WebDriverWait(driver, 120).until(
+        lambda d: d.find_element(By.ID, "compare").get_attribute("data-ready") == "true"
+        or d.find_element(By.ID, "error").is_displayed())
+    assert not driver.find_element(By.ID, "error").is_displayed(), \
+        driver.find_element(By.ID, "error").text
+
+
+def _natural_size(driver: webdriver.Chrome) -> tuple[int, int]:
+    w, h = driver.execute_script(
+        "const i = document.getElementById('after'); return [i.naturalWidth, i.naturalHeight]")
+    return w, h
+
+
+def test_the_page_upscales_compares_downloads_and_shows_errors(
+        server: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
+    browser.get(f"{server}/")
+    assert browser.title == "LSRCNN upscaler"
+
+    # 512x512: big enough for the jobs API, with its progress.
+    _upscale(browser, SET5 / "baby.png", 2)
+    assert _natural_size(browser) == (1024, 1024)
+    finished = httpx.get(f"{server}/metrics").text
+    assert re.search(r'^lsrcnn_jobs_finished_total\{status="done"\} 1\.0$', finished, re.M)
+
+    # 288x288: straight through /upscale.
+    _upscale(browser, SET5 / "bird.png", 3)
+    assert _natural_size(browser) == (864, 864)
+    link = browser.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("download") == "bird_x3.png"
+    assert link.get_attribute("href").startswith("blob:")
+
+    slider = browser.find_element(By.ID, "slider")
+    assert slider.get_attribute("value") == "50"
+    ActionChains(browser).click_and_hold(slider).move_by_offset(-170, 0).release().perform()
+    value = float(slider.get_attribute("value"))
+    assert 5 < value < 45
+    clip = browser.execute_script(
+        "return getComputedStyle(document.getElementById('after')).clipPath")
+    assert f"{value:g}%" in clip, clip  # the output is shown right of the handle only
+
+    out = Path(os.environ.get("LSRCNN_SCREENSHOT_DIR", ROOT / ".ci-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(out / "page.png"))
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("a shopping list, not a picture")
+    browser.find_element(By.ID, "file").send_keys(str(bad))
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "go").is_enabled())
+    browser.find_element(By.ID, "go").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "not an image" in browser.find_element(By.ID, "error").text
+
