@@ -101,3 +101,8 @@ class Settings(BaseSettings):
             return ()
         top = self.resolved_batch(on_gpu)
         return tuple(sorted({min(2**k, top) for k in range(top.bit_length() + 1)}))
+
+    def warm_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
+        """Every batch size a model call can have: the padded sizes on the GPU, each size up
+        to the largest batch on the CPU (where batches are not padded)."""
+        return self.batch_sizes(on_gpu) or tuple(range(1, self.resolved_batch(on_gpu) + 1))

@@ -60,3 +60,25 @@ TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4}
 
 def make_app(**overrides: object) -> FastAPI:
     return create_app(Settings(**{**TEST_SETTINGS, **overrides}))
+
+
+def fake_providers(monkeypatch, available: list[str], active: list[str]) -> list:  # type: ignore[no-untyped-def]
+    """ONNX Runtime that lists `available` and whose sessions report `active`, running the
+    real model on the CPU underneath: the GPU decisions, tested on any machine. Returns the
+    list of (providers asked for, session options) of every session made."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    asked: list = []
+
+    class Reporting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, path: str, options=None, providers=None, **kw: object) -> None:  # type: ignore[no-untyped-def]
+            asked.append((providers, options))
+            super().__init__(path, options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self) -> list[str]:
+            return list(active)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(ort, "InferenceSession", Reporting)
+    return asked
