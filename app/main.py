@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import errors
 from app.engine import Engine
+from app.kserve_routes import router as kserve_router
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import router
@@ -61,8 +62,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings, app.state.metrics, app.state.upscaler = settings, metrics, upscaler
     app.state.drain = drain
     app.include_router(router)
+    app.include_router(kserve_router)
     errors.install(app)
-    routes = {p for r in router.routes if (p := getattr(r, "path", None))}
+    routes = {p for r in app.router.routes if (p := getattr(r, "path", None))}
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,
                        allowed_origins=settings.allowed_origins)
