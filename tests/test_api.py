@@ -243,11 +243,11 @@ class BrokenOnce(Engine):
         super().__init__(settings)
         self.armed = False
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.armed:
             self.armed = False
             raise EngineError("injected failure")
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def test_engine_error_is_a_500_and_the_next_request_works() -> None:
@@ -284,10 +284,10 @@ class SlowWhenArmed(Engine):
 
     armed = False
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.armed:
             time.sleep(0.2)
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def test_deadline_is_504() -> None:

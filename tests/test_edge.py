@@ -30,9 +30,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 class Counting(Engine):
     calls = 0
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         self.calls += 1
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def _wide(mode: str, fmt: str, w: int, **kw: object) -> bytes:
