@@ -177,6 +177,12 @@ class Engine:
         log.info("loaded %s (%s, x%d) from %s on %s", f.name, f.descriptor.arch,
                  f.descriptor.scale, f.path.name, active)
 
+    def drop(self, name: str, cause: str) -> None:
+        """Take a loaded model out of service (it failed after loading), keeping why."""
+        info = self.models.pop(name)
+        self.sessions.pop(name, None)
+        self.failed[info.path.name] = cause
+
     def warm_up(self, name: str, shape: tuple[int, int], batch_sizes: tuple[int, ...],
                 workers: int) -> list[tuple[int, int, float]]:
         """Run every batch size at the largest tile shape, `workers` calls at once (so the

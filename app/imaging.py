@@ -1,7 +1,8 @@
 """Image in and out: decode with limits, orientation, split into Y / CbCr / alpha, rejoin, encode.
 
 Colour follows the model contract (model/contract.py): Y is BT.601 studio-range luma of
-8-bit RGB. The model upscales Y; Cb, Cr and alpha are upscaled with Pillow's bicubic on float planes.
+8-bit RGB. The model upscales Y; Cb, Cr and alpha are upscaled with Pillow's bicubic on
+float planes.
 """
 
 from __future__ import annotations

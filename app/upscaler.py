@@ -136,11 +136,12 @@ class Upscaler:
                     s.warm_batch_sizes(on_gpu), s.resolved_workers(on_gpu))
                 costs[name] = CostModel.fit(samples)
             except Exception as err:
-                self.engine.failed[self.engine.models[name].path.name] = f"warm-up failed: {err}"
                 log.exception("warm-up of %s failed", name)
+                self.engine.drop(name, f"warm-up failed: {err}")  # another may serve its scale
         default = self.engine.model_for(s.default_scale)
-        if default not in costs:
-            self.reason = f"model load failed: the default scale's model {default} did not warm up"
+        if default is None:
+            self.reason = (f"model load failed: no model for the default scale "
+                           f"x{s.default_scale} warmed up")
             return
         for name, cost in costs.items():
             self.schedulers[name] = self._scheduler(name, cost)

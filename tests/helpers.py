@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 
@@ -62,7 +63,8 @@ def make_app(**overrides: object) -> FastAPI:
     return create_app(Settings(**{**TEST_SETTINGS, **overrides}))
 
 
-def fake_providers(monkeypatch, available: list[str], active: list[str]) -> list:  # type: ignore[no-untyped-def]
+def fake_providers(monkeypatch: pytest.MonkeyPatch, available: list[str], active: list[str]
+                   ) -> list[tuple[list, object]]:
     """ONNX Runtime that lists `available` and whose sessions report `active`, running the
     real model on the CPU underneath: the GPU decisions, tested on any machine. Returns the
     list of (providers asked for, session options) of every session made."""
@@ -72,7 +74,8 @@ def fake_providers(monkeypatch, available: list[str], active: list[str]) -> list
     asked: list = []
 
     class Reporting(real):  # type: ignore[misc, valid-type]
-        def __init__(self, path: str, options=None, providers=None, **kw: object) -> None:  # type: ignore[no-untyped-def]
+        def __init__(self, path: str, options: object = None, providers: list | None = None,
+                     **kw: object) -> None:
             asked.append((providers, options))
             super().__init__(path, options, providers=["CPUExecutionProvider"])
 

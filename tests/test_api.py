@@ -230,10 +230,11 @@ def test_concurrent_requests_are_batched_together() -> None:
             return (await c.get("/metrics")).text
 
     text = run(main())
+    x2 = '{model="lsrcnn-lite-x2",scale="2"}'
     count = next(line for line in text.splitlines()
-                 if line.startswith('lsrcnn_batch_size_count{model="lsrcnn-lite-x2",scale="2"}'))
+                 if line.startswith(f"lsrcnn_batch_size_count{x2}"))
     total = next(line for line in text.splitlines()
-                 if line.startswith('lsrcnn_batch_size_sum{model="lsrcnn-lite-x2",scale="2"}'))
+                 if line.startswith(f"lsrcnn_batch_size_sum{x2}"))
     batches, tiles = float(count.split()[-1]), float(total.split()[-1])
     assert tiles == 8 and batches < 8  # tiles of different requests shared a model call
 
@@ -354,10 +355,11 @@ def test_client_that_leaves_is_withdrawn() -> None:
             assert left.is_set()
             assert sent[0]["status"] == 499
             text = generate_latest(app.state.metrics.registry).decode()
+            x2 = '{model="lsrcnn-lite-x2",scale="2"}'
             withdrawn = next(line for line in text.splitlines()
-                             if line.startswith('lsrcnn_withdrawn_tiles_total{model="lsrcnn-lite-x2",scale="2"}'))
+                             if line.startswith(f"lsrcnn_withdrawn_tiles_total{x2}"))
             ran = next(line for line in text.splitlines()
-                       if line.startswith('lsrcnn_tiles_total{model="lsrcnn-lite-x2",scale="2"}'))
+                       if line.startswith(f"lsrcnn_tiles_total{x2}"))
             assert float(withdrawn.split()[-1]) > 100  # of 324 tiles, most never ran
             assert float(ran.split()[-1]) < 324 - 100
 

@@ -176,3 +176,26 @@ def test_cpu_warms_every_batch_size_up_to_the_largest(tmp_path: Path) -> None:
                                         tile_size=16, tile_overlap=0))
     assert not up.engine.on_gpu and up.ready
     assert seen == {"lsrcnn-lite-x2": {1, 2, 3}}
+
+
+class FailsWarmUp(Engine):
+    def warm_up(self, name: str, *args: object) -> list[tuple[int, int, float]]:
+        if name == "lsrcnn-lite-x3":
+            raise RuntimeError("out of memory")
+        return super().warm_up(name, *args)  # type: ignore[arg-type]
+
+
+def test_a_model_that_fails_warm_up_costs_only_itself(tmp_path: Path) -> None:
+    for scale in (2, 3):
+        shutil.copy(WEIGHTS / f"lsrcnn-lite-x{scale}.onnx", tmp_path)
+    settings = Settings(model_dir=tmp_path, tile_size=16, tile_overlap=0)
+    up = Upscaler(settings, Metrics(), FailsWarmUp(settings))
+
+    async def main() -> None:
+        await up.start()
+        assert up.model_ready("lsrcnn-lite-x2") and not up.model_ready("lsrcnn-lite-x3")
+        await up.stop()
+
+    asyncio.run(main())
+    assert up.models == ["lsrcnn-lite-x2"] and up.scales == [2]
+    assert up.engine.failed == {"lsrcnn-lite-x3.onnx": "warm-up failed: out of memory"}

@@ -27,7 +27,9 @@ SETTINGS = {"LSRCNN_TILE_SIZE": "48", "LSRCNN_TILE_OVERLAP": "8", "LSRCNN_MAX_BA
 def client() -> Iterator[triton.InferenceServerClient]:
     proc, url = start_server("app", {**SETTINGS, "LSRCNN_LOG_LEVEL": "warning"})
     try:
-        yield triton.InferenceServerClient(url.removeprefix("http://"))
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        yield client
+        client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
