@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Colour conversion has one home, the model contract; the canvas reaches it through here.
-from model.contract import gray_to_y, rgb_to_ycbcr, ycbcr_to_rgb, y_to_gray
-from model.contract import rgb_to_y as luma
+from model.contract import gray_to_y, rgb_to_ycbcr, y_to_gray, ycbcr_to_rgb
 
 # Pillow saves these; anything else answers in PNG.
 WRITABLE = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}

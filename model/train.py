@@ -20,8 +20,8 @@ from tqdm import tqdm
 from model.contract import from_model, to_model
 from model.data import PatchSampler
 from model.imaging import list_images, lr_hr_pair
-from model.quality import psnr, quantize
 from model.net import LSRCNN, LSRCNNConfig, make_config
+from model.quality import psnr, quantize
 
 log = logging.getLogger("model.train")
 

@@ -133,7 +133,8 @@ def test_required_gpu_on_a_cpu_build_fails_the_load(monkeypatch: pytest.MonkeyPa
 
 
 def _warmed_batches(settings: Settings) -> tuple[Upscaler, dict[str, set[int]]]:
-    """Start an Upscaler and record the batch sizes each model was called with."""
+    """Start an Upscaler (it must get ready) and record the batch sizes each model was
+    called with."""
     up = Upscaler(settings, Metrics())
     seen: dict[str, set[int]] = {}
     run = up.engine.run
@@ -146,6 +147,7 @@ def _warmed_batches(settings: Settings) -> tuple[Upscaler, dict[str, set[int]]]:
 
     async def main() -> None:
         await up.start()
+        assert up.ready, up.reason
         await up.stop()
 
     asyncio.run(main())
@@ -159,7 +161,7 @@ def test_active_gpu_takes_the_gpu_policy_and_warms_every_batch_size(
     settings = Settings(model_dir=tmp_path, tile_size=16, tile_overlap=0)
     up, seen = _warmed_batches(settings)
     engine = up.engine
-    assert engine.on_gpu and up.ready
+    assert engine.on_gpu
     assert engine.model_for(2) == "lsrcnn-x2"  # auto: the full network on a GPU
     sessions = [(p, opts) for p, opts in asked if opts is not None]
     assert [p for p, _ in sessions] == [[(CUDA, cuda_options(settings)), CPU]] * 2
@@ -174,7 +176,7 @@ def test_cpu_warms_every_batch_size_up_to_the_largest(tmp_path: Path) -> None:
     shutil.copy(WEIGHTS / "lsrcnn-lite-x2.onnx", tmp_path)
     up, seen = _warmed_batches(Settings(model_dir=tmp_path, providers="cpu", max_batch_size=3,
                                         tile_size=16, tile_overlap=0))
-    assert not up.engine.on_gpu and up.ready
+    assert not up.engine.on_gpu
     assert seen == {"lsrcnn-lite-x2": {1, 2, 3}}
 
 
