@@ -105,7 +105,7 @@ class Canvas:
     def _luma(self, part: np.ndarray) -> np.ndarray:
         """Studio-range Y (0..255 scale) of a region of the input."""
         if self.mode in ("RGB", "RGBA"):
-            return imaging.luma(part)
+            return contract.rgb_to_y(part)
         if self.mode == "I;16":
             return imaging.gray_to_y(part, 65535.0)
         return imaging.gray_to_y(part[..., 0] if self.mode == "LA" else part, 255.0)

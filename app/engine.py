@@ -185,14 +185,16 @@ class Engine:
 
     def warm_up(self, name: str, shape: tuple[int, int], batch_sizes: tuple[int, ...],
                 workers: int) -> list[tuple[int, int, float]]:
-        """Run every batch size at the largest tile shape, `workers` calls at once (so the
-        arena holds what a full load needs, and no call meets a first-time algorithm
-        search), then time single tiles of a few shapes, from tiny to the largest and thin
-        both ways: (h, w, seconds) for the cost model."""
-        for n in batch_sizes or (1,):
-            x = np.zeros((n, 1, *shape), np.float32)
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda x: self.run(name, x), [x] * workers))
+        """Run every batch size at the largest tile shape once (no call meets a first-time
+        algorithm search), the largest `workers` times at once (so the arena holds what a
+        full load needs), then time single tiles of a few shapes, from tiny to the largest
+        and thin both ways: (h, w, seconds) for the cost model."""
+        sizes = sorted(batch_sizes or (1,))
+        for n in sizes[:-1]:
+            self.run(name, np.zeros((n, 1, *shape), np.float32))
+        x = np.zeros((sizes[-1], 1, *shape), np.float32)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda x: self.run(name, x), [x] * workers))
         h, w = shape
         rng = np.random.default_rng(0)
         samples = []

@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(router)
     app.include_router(kserve_router)
     errors.install(app)
-    routes = {p for r in app.router.routes if (p := getattr(r, "path", None))}
+    routes = {p for r in (*router.routes, *kserve_router.routes)
+              if (p := getattr(r, "path", None))}
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,
                        allowed_origins=settings.allowed_origins)
