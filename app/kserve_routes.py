@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app import kserve_codec as codec
 from app.engine import EngineError
@@ -33,6 +35,39 @@ SERVER_NAME = "lsrcnn"
 VERSION = "1"  # each file is one version of its model
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
+
+
+class V2ErrorBody(BaseModel):
+    """The protocol's error answer."""
+
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {400: "malformed request, or a tensor that is not the model's input",
+            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
+            404: "unknown model or version",
+            413: "more model work than the deadline allows, or too many tiles",
+            500: "the model failed",
+            503: "not ready, queue full or shutting down (Retry-After)",
+            504: "the request deadline passed"}
+    return {c: {"model": V2ErrorBody, "description": what[c]} for c in codes}
+
+
+_JSON_OBJECT = {"schema": {"type": "object"}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# JSON tensors, or the binary extension: the JSON header, then the raw tensor bytes.
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": _JSON_OBJECT, "application/octet-stream": _BINARY}}}
+INFER_OK = {200: {"content": {"application/json": _JSON_OBJECT,
+                              "application/octet-stream": _BINARY},
+                  "description": "the output tensor (binary when asked for)"}}
+
+
+# The names a model gets from its metadata (<preset>-x<scale>): the bundled ones as examples.
+ModelName = Annotated[str, Path(description="a model's name, as GET /v1/models lists them",
+                                examples=["lsrcnn-lite-x2"])]
+Version = Annotated[str, Path(description="the model's version: 1", examples=[VERSION])]
 
 
 class V2Error(Exception):
@@ -74,18 +109,19 @@ def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
                      "shape": list(contract.OUTPUT_SHAPE)}]})
 
 
-@router.get("/models/{name}")
-async def model_metadata(request: Request, name: str) -> JSONResponse:
+@router.get("/models/{name}", responses=_errors(404))
+async def model_metadata(request: Request, name: ModelName) -> JSONResponse:
     return _metadata(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}")
-async def model_version_metadata(request: Request, name: str, version: str) -> JSONResponse:
+@router.get("/models/{name}/versions/{version}", responses=_errors(404))
+async def model_version_metadata(request: Request, name: ModelName, version: Version
+                                 ) -> JSONResponse:
     return _metadata(request, name, version)
 
 
-@router.get("/models/{name}/ready")
-async def model_ready(request: Request, name: str) -> JSONResponse:
+@router.get("/models/{name}/ready", responses=_errors(404, 503))
+async def model_ready(request: Request, name: ModelName) -> JSONResponse:
     try:
         _model(_upscaler(request), name, None)
     except V2Error as err:
@@ -93,13 +129,17 @@ async def model_ready(request: Request, name: str) -> JSONResponse:
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.post("/models/{name}/infer")
-async def infer(request: Request, name: str) -> Response:
+_INFER = {"response_class": Response, "openapi_extra": INFER_BODY,
+          "responses": {**INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+async def infer(request: Request, name: ModelName) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer")
-async def infer_version(request: Request, name: str, version: str) -> Response:
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
+async def infer_version(request: Request, name: ModelName, version: Version) -> Response:
     return await _infer(request, name, version)
 
 
