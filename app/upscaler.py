@@ -265,6 +265,11 @@ class Upscaler:
             self._labels(model)
         contract.check_input(x.shape)
         n, _, h, w = x.shape
+        limits = self.settings
+        if h * w > limits.max_input_pixels or n * h * w * scale**2 > limits.max_output_pixels:
+            raise TooLarge(f"{n} images of {h}x{w} at x{scale}: over the limits of "
+                           f"{limits.max_input_pixels} input pixels per image and "
+                           f"{limits.max_output_pixels} output pixels per request")
         plan = self._planner()(h, w)
         jobs: list[Job] = []
         try:

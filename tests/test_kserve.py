@@ -98,7 +98,7 @@ def test_json_tensors_in_and_out() -> None:
     x = np.random.default_rng(3).random((1, 1, 6, 5), dtype=np.float32)
 
     async def main() -> None:
-        async with running(make_app()) as c:
+        async with running(make_app(max_output_pixels=20_000)) as c:
             r = await c.post("/v2/models/lsrcnn-lite-x4/infer", json={
                 "id": "q1", "inputs": [{"name": "input", "shape": [1, 1, 6, 5],
                                         "datatype": "FP32", "data": x.ravel().tolist()}]})
@@ -116,6 +116,10 @@ def test_json_tensors_in_and_out() -> None:
                 "error": "input 'input': datatype must be FP32, got 'INT8'"}
             r = await c.post("/v2/models/lsrcnn-lite-x4/infer", content=b"{not json")
             assert r.status_code == 400 and set(r.json()) == {"error"}
+            r = await c.post("/v2/models/lsrcnn-lite-x2/infer", json={
+                "inputs": [{"name": "input", "shape": [2, 1, 60, 60], "datatype": "FP32",
+                            "data": [0.5] * 7200}]})  # 2 x 120 x 120 out > the 20,000 allowed
+            assert r.status_code == 413 and "over the limits" in r.json()["error"]
             r = await c.get("/v2/models/nope-x9/ready")
             assert r.status_code == 404 and set(r.json()) == {"error"}
 
