@@ -122,6 +122,10 @@ def test_json_tensors_in_and_out() -> None:
             assert r.status_code == 413 and "over the limits" in r.json()["error"]
             r = await c.get("/v2/models/nope-x9/ready")
             assert r.status_code == 404 and set(r.json()) == {"error"}
+            text = (await c.get("/metrics")).text
+            assert ('lsrcnn_requests_total{route="/v2/models/{name}/infer",status="200"} 1.0'
+                    in text)
+            assert 'lsrcnn_model_pixels_total{model="lsrcnn-lite-x4",scale="4"} 30.0' in text
 
     asyncio.run(main())
 
