@@ -2,7 +2,7 @@
 
     python -m bench.gpu_check --wheel onnxruntime_gpu-*.whl --out gpu-check [--minutes 4]
                               [--data T91/ BSDS200/] [--val tests/data/Set5]
-    python -m bench.gpu_check --dry-run --out /tmp/gpu-check      # CPU only, seconds (CI)
+    python -m bench.gpu_check --dry-run --out gpu-check-dry       # CPU only, seconds (CI)
 
 1. installs the `onnxruntime-gpu` wheel with `pip install --no-deps --target OUT/ort-gpu`
    (its dependencies are the CPU build's, already installed), puts it first on the path
