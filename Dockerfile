@@ -66,11 +66,11 @@ COPY . .
 
 # pip compiles the installed modules to .pyc, so the non-root runtime never needs to write them.
 # The check (-I: /src is not on sys.path) imports the installed package and fails the build if
-# the bundled ONNX weights did not make it into it. pip/setuptools are removed afterwards: the
-# runtime image installs nothing.
+# the service (app.main: it imports model.contract) or the bundled ONNX weights did not make it
+# into it. pip/setuptools are removed afterwards: the runtime image installs nothing.
 RUN /opt/venv/bin/pip install --no-cache-dir ".[${FLAVOR}]"; \
     /opt/venv/bin/python -I -c "if True: \
-        import pathlib, onnxruntime, app, model; \
+        import pathlib, onnxruntime, app, app.main, model; \
         weights = sorted(p.name for p in (pathlib.Path(model.__file__).parent / 'weights').glob('*.onnx')); \
         print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), 'weights', weights); \
         assert weights, 'no ONNX weights in the installed package'; \

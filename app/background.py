@@ -31,8 +31,9 @@ def check(up: Upscaler, data: bytes, scale: int, fmt: str | None
           ) -> tuple[imaging.Probe, TilePlan]:
     """Everything the header decides (400, 413, 415, 422), before the job is accepted."""
     probed = imaging.probe(data, *job_limits(up), scale, fmt)
-    plan = up.plan(scale, *probed.size)
-    limit = up.schedulers[scale].max_tiles
+    name = up.resolve(scale)
+    plan = up.plan(name, *probed.size)
+    limit = up.schedulers[name].max_tiles
     if plan.count > limit:
         raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is {limit}")
     return probed, plan
@@ -43,7 +44,8 @@ async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, 
                           on_admit: Callable[[Job], None]) -> int:
     """Upscale a spooled input into the job's result file; its size in bytes.
     `on_admit` gets the scheduler's job (its `done` / `total` are the progress)."""
-    sched = up.schedulers[scale]
+    name = up.resolve(scale)
+    sched = up.schedulers[name]
     probed, plan = check(up, data, scale, fmt)
     del data
     out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
@@ -54,7 +56,7 @@ async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, 
         del probed  # the canvas keeps its own copy of the pixels
         image = decoded.image
         if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
-            plan = up.plan(scale, image.height, image.width)
+            plan = up.plan(name, image.height, image.width)
             job.plan = plan
         canvas = Canvas(image, plan, scale)
         del image, decoded

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from app import imaging, tiling
+from model import contract
 
 # LR rows around a strip that bicubic (support 2) reads, plus one to spare.
 MARGIN = 3
@@ -104,14 +105,14 @@ class Canvas:
     def _luma(self, part: np.ndarray) -> np.ndarray:
         """Studio-range Y (0..255 scale) of a region of the input."""
         if self.mode in ("RGB", "RGBA"):
-            return imaging.luma(part)
+            return contract.rgb_to_y(part)
         if self.mode == "I;16":
             return imaging.gray_to_y(part, 65535.0)
         return imaging.gray_to_y(part[..., 0] if self.mode == "LA" else part, 255.0)
 
     def tile(self, r: int, c: int) -> np.ndarray:
         """The model input of tile (r, c): Y / 255, float32."""
-        return self._luma(tiling.cut(self.src, self.plan, r, c)) / np.float32(255.0)
+        return contract.to_model(self._luma(tiling.cut(self.src, self.plan, r, c)))
 
     def paste(self, r: int, c: int, y: np.ndarray) -> None:
         """Paste the upscaled tile's core; the last tile of a band finishes that band."""
@@ -139,7 +140,7 @@ class Canvas:
     def _finish_band(self, lo: int, hi: int, y: np.ndarray) -> None:
         """Join colour for the output rows of input rows [lo, hi), a few rows at a time so
         the float temporaries stay small, and write them into the output image."""
-        y *= np.float32(255.0)
+        y *= np.float32(contract.Y_PEAK)  # in place: the band is ours now
         s = self.scale
         for a in range(lo, hi, STRIP):
             b = min(hi, a + STRIP)

@@ -1,6 +1,10 @@
-"""ONNX Runtime sessions, one per scale: provider choice, warm-up, batched runs.
+"""ONNX Runtime sessions, one per named model: device choice, warm-up, batched runs.
 
 Knows nothing about HTTP. `run` is blocking; the scheduler calls it from a worker thread.
+
+No I/O binding: every tile is cut on the host and its output pasted on the host, so a call
+copies its input in and its output out once either way; binding would save an output
+allocation per call and tie a session to one device buffer per shape and batch size.
 """
 
 from __future__ import annotations
@@ -9,12 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from app import device, registry
+from app.device import CPU, CUDA, Device, DeviceError
+from app.registry import ModelFile, ModelInfo
 from app.settings import Settings
+from model import contract
 
 try:
     import onnxruntime as ort
@@ -22,9 +29,6 @@ except ImportError as err:  # pragma: no cover - an install without the cpu or g
     raise ImportError("onnxruntime is missing: install lsrcnn[cpu] or lsrcnn[gpu]") from err
 
 log = logging.getLogger("app.engine")
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 class EngineError(RuntimeError):
@@ -34,50 +38,6 @@ class EngineError(RuntimeError):
     def __init__(self, message: str, failure_id: str | None = None) -> None:
         super().__init__(message)
         self.failure_id = failure_id
-
-
-@dataclass
-class ModelInfo:
-    scale: int
-    preset: str
-    path: Path
-    provider: str
-    metadata: dict[str, str]
-
-    def card(self) -> dict:
-        keys = ("parameters", "macs_per_lr_pixel", "training_data", "iterations",
-                "validation_set", "validation_psnr")
-        return {k: self.metadata[k] for k in keys if k in self.metadata}
-
-
-def _metadata(path: Path) -> dict[str, str]:
-    session = ort.InferenceSession(str(path), providers=[CPU])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def _cause(err: BaseException, path: Path) -> str:
-    """The loader's own message, with this machine's folders cut down to the file name."""
-    return str(err).replace(str(path), path.name).replace(str(path.parent), ".")
-
-
-def discover(model_dir: Path, failed: dict[str, str] | None = None
-             ) -> dict[int, list[tuple[Path, dict[str, str]]]]:
-    """Every ONNX file in the folder grouped by the scale its metadata states. A file that
-    does not open is skipped and its cause kept in `failed` (file name -> cause)."""
-    found: dict[int, list[tuple[Path, dict[str, str]]]] = {}
-    for path in sorted(Path(model_dir).glob("*.onnx")):
-        try:
-            meta = _metadata(path)
-            scale = int(meta["scale"])
-        except Exception as err:
-            cause = "no 'scale' in its metadata" if isinstance(err, KeyError) else _cause(err, path)
-            log.error("skipping model %s: %s", path.name, cause,
-                      extra={"fields": {"file": path.name, "cause": cause}})
-            if failed is not None:
-                failed[path.name] = cause
-            continue
-        found.setdefault(scale, []).append((path, meta))
-    return found
 
 
 _ARENA: list[bool] = []
@@ -103,17 +63,9 @@ def shared_cpu_arena() -> bool:
     return _ARENA[0]
 
 
-def cuda_available() -> bool:
+def cuda_listed() -> bool:
+    """Whether this ONNX Runtime build lists CUDA: not whether a GPU is usable."""
     return CUDA in ort.get_available_providers()
-
-
-def choose(candidates: list[tuple[Path, dict[str, str]]], preset: str, on_gpu: bool
-           ) -> tuple[Path, dict[str, str]]:
-    wanted = preset if preset != "auto" else ("lsrcnn" if on_gpu else "lsrcnn-lite")
-    for path, meta in candidates:
-        if meta.get("preset") == wanted:
-            return path, meta
-    return candidates[0]  # the only one, or none of the wanted preset: take what there is
 
 
 def _timed(call: Callable[[], object]) -> float:
@@ -123,29 +75,43 @@ def _timed(call: Callable[[], object]) -> float:
 
 
 class Engine:
+    """One ONNX Runtime session per model, keyed by the model's name."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions: dict[int, ort.InferenceSession] = {}
-        self.models: dict[int, ModelInfo] = {}
-        self.on_gpu = False
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.models: dict[str, ModelInfo] = {}
+        self.device = Device(False, "not loaded")
         self.failed: dict[str, str] = {}  # model file name -> why it did not load
         self._failures = 0
 
     @property
+    def on_gpu(self) -> bool:
+        return self.device.on_gpu
+
+    @property
+    def names(self) -> list[str]:
+        """Loaded models, by scale then name."""
+        return sorted(self.models, key=lambda n: (self.models[n].scale, n))
+
+    @property
     def scales(self) -> list[int]:
-        return sorted(self.sessions)
+        return sorted({info.scale for info in self.models.values()})
 
-    def _providers(self) -> list:
-        s = self.settings
-        cpu = CPU
-        if s.providers == "cpu":
-            return [cpu]
-        cuda = (CUDA, {"device_id": s.device_id})
-        return [cuda, cpu]
+    def model_for(self, scale: int) -> str | None:
+        """The model that serves a scale when a request names none (LSRCNN_PRESET)."""
+        return registry.pick(list(self.models.values()), scale, self.settings.preset,
+                             self.on_gpu)
 
-    def _options(self, on_gpu: bool) -> ort.SessionOptions:
+    def session(self, path: Path, options: ort.SessionOptions | None, providers: list
+                ) -> ort.InferenceSession:
+        """Every session is made here (tests put a fake in its place)."""
+        return ort.InferenceSession(str(path), options, providers=providers)
+
+    def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.settings.resolved_threads(on_gpu)
+        # Decided from the device the probe found active, not from what is listed.
+        opts.intra_op_num_threads = self.settings.resolved_threads(self.on_gpu)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Tile shapes vary per image: a memory pattern per shape would only pile up.
@@ -154,75 +120,103 @@ class Engine:
             opts.add_session_config_entry("session.use_env_allocators", "1")
         return opts
 
+    def _probe(self, files: list[ModelFile]) -> Callable[[list], list[str]]:
+        """Open one model asking for `providers`; the active providers it reports."""
+        def active(providers: list) -> list[str]:
+            for f in files:
+                try:
+                    return self.session(f.path, None, providers).get_providers()
+                except Exception as err:  # this file is broken; its own load will say so
+                    log.debug("probe with %s failed: %s", f.path.name, err)
+            return [CPU]
+        return active
+
     def load(self) -> None:
-        """Load one model per scale. A file that fails is skipped (kept in `failed`); only a
-        missing default scale fails the whole load."""
+        """Find the device, then load every model file; a file that fails is skipped (kept
+        in `failed`). Only a missing default scale (or a required GPU that is not active)
+        fails the whole load."""
         s = self.settings
         self.sessions, self.models, self.failed = {}, {}, {}
-        found = discover(s.model_dir, self.failed)
-        wants_gpu = s.providers != "cpu" and cuda_available()
-        for scale, candidates in sorted(found.items()):
-            first = choose(candidates, s.preset, wants_gpu)
-            # The preferred file first, then the others of this scale.
-            for path, meta in [first, *[c for c in candidates if c[0] != first[0]]]:
-                try:
-                    self._load_one(scale, path, meta, wants_gpu)
-                    break
-                except Exception as err:
-                    if s.providers == "cuda" and isinstance(err, EngineError):
-                        raise
-                    self.failed[path.name] = cause = _cause(err, path)
-                    log.error("model %s failed to load: %s", path.name, cause,
-                              extra={"fields": {"file": path.name, "cause": cause}})
-        if s.default_scale not in self.sessions:
+        files = registry.discover(s.model_dir, self.failed)
+        available = ort.get_available_providers()
+        try:
+            self.device = device.decide(s, available, self._probe(files))
+        except DeviceError as err:
+            raise EngineError(str(err)) from err
+        log.info("device: %s", self.device.reason, extra={"fields": {
+            "on_gpu": self.on_gpu, "available": available}})
+        providers = device.requested(s, available) if self.on_gpu else [CPU]
+        for f in files:
+            try:
+                self._load_one(f, providers)
+            except Exception as err:
+                self.failed[f.path.name] = cause = registry.cause_of(err, f.path)
+                log.error("model %s failed to load: %s", f.path.name, cause,
+                          extra={"fields": {"file": f.path.name, "cause": cause}})
+        if self.model_for(s.default_scale) is None:
             missing = ", ".join(sorted(self.failed)) or "none found"
             raise EngineError(f"no model for the default scale x{s.default_scale} "
                               f"(failed: {missing})")
 
-    def _load_one(self, scale: int, path: Path, meta: dict[str, str], wants_gpu: bool) -> None:
-        s = self.settings
-        session = ort.InferenceSession(str(path), self._options(wants_gpu),
-                                       providers=self._providers() if wants_gpu else [CPU])
+    def _load_one(self, f: ModelFile, providers: list) -> None:
+        session = self.session(f.path, self._options(), providers)
+        inputs = [(a.name, a.type) for a in session.get_inputs()]
+        outputs = [(a.name, a.type) for a in session.get_outputs()]
+        if inputs != [(contract.INPUT_NAME, "tensor(float)")] or \
+                outputs != [(contract.OUTPUT_NAME, "tensor(float)")]:
+            raise EngineError(f"tensors {inputs} -> {outputs} are not the contract's one "
+                              f"float input '{contract.INPUT_NAME}' and output "
+                              f"'{contract.OUTPUT_NAME}'")
         active = session.get_providers()[0]  # the truth, whatever was asked for
-        if s.providers == "cuda" and active != CUDA:
-            raise EngineError(f"CUDA required but {path.name} runs on {active}")
-        self.on_gpu = self.on_gpu or active == CUDA
-        self.sessions[scale] = session
-        self.models[scale] = ModelInfo(scale, meta.get("preset", "unknown"), path, active, meta)
-        log.info("loaded x%d %s from %s on %s", scale, meta.get("preset"), path.name, active)
+        if self.settings.providers == "cuda" and active != CUDA:
+            raise EngineError(f"CUDA required but {f.path.name} runs on {active}")
+        if self.on_gpu and active != CUDA:
+            log.warning("model %s runs on %s although CUDA is active", f.name, active)
+        self.sessions[f.name] = session
+        self.models[f.name] = ModelInfo(f.path, f.descriptor, active)
+        log.info("loaded %s (%s, x%d) from %s on %s", f.name, f.descriptor.arch,
+                 f.descriptor.scale, f.path.name, active)
 
-    def warm_up(self, scale: int, shape: tuple[int, int], batch_sizes: tuple[int, ...],
+    def drop(self, name: str, cause: str) -> None:
+        """Take a loaded model out of service (it failed after loading), keeping why."""
+        info = self.models.pop(name)
+        self.sessions.pop(name, None)
+        self.failed[info.path.name] = cause
+
+    def warm_up(self, name: str, shape: tuple[int, int], batch_sizes: tuple[int, ...],
                 workers: int) -> list[tuple[int, int, float]]:
-        """Run every batch size at the largest tile shape, `workers` calls at once (so the
-        arena holds what a full load needs), then time single tiles of a few shapes, from
-        tiny to the largest and thin both ways: (h, w, seconds) for the cost model."""
-        for n in batch_sizes or (1,):
-            x = np.zeros((n, 1, *shape), np.float32)
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda x: self.run(scale, x), [x] * workers))
+        """Run every batch size at the largest tile shape once (no call meets a first-time
+        algorithm search), the largest `workers` times at once (so the arena holds what a
+        full load needs), then time single tiles of a few shapes, from tiny to the largest
+        and thin both ways: (h, w, seconds) for the cost model."""
+        sizes = sorted(batch_sizes or (1,))
+        for n in sizes[:-1]:
+            self.run(name, np.zeros((n, 1, *shape), np.float32))
+        x = np.zeros((sizes[-1], 1, *shape), np.float32)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda x: self.run(name, x), [x] * workers))
         h, w = shape
         rng = np.random.default_rng(0)
         samples = []
         for th, tw in ((8, 8), (1, w), (h, 1), (h // 2, w // 2), (h, w)):
             x = rng.random((1, 1, th, tw), dtype=np.float32)
-            samples.append((th, tw, min(_timed(lambda x=x: self.run(scale, x))
+            samples.append((th, tw, min(_timed(lambda x=x: self.run(name, x))
                                         for _ in range(2))))
         return samples
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
-        """[N, 1, T, T] of Y/255 in, [N, 1, sT, sT] out (same scale)."""
-        session = self.sessions[scale]
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
+        """[N, 1, H, W] of Y/255 in, [N, 1, sH, sW] out (same scale), by the contract."""
+        session, scale = self.sessions[name], self.models[name].scale
         try:
-            (y,) = session.run(None, {session.get_inputs()[0].name: x})
+            (y,) = session.run(None, {contract.INPUT_NAME: x})
         except Exception as err:
             # Keep ONNX Runtime's own message and traceback; requests log this failure id.
             self._failures += 1
-            fid = f"x{scale}-{self._failures}"
-            log.exception("model call failed on x%d (%d tiles): %s", scale, len(x), err,
-                          extra={"fields": {"failure_id": fid, "scale": scale}})
-            raise EngineError(f"inference failed on x{scale}: {err}", fid) from err
-        expected = (x.shape[0], 1, x.shape[2] * scale, x.shape[3] * scale)
+            fid = f"{name}-{self._failures}"
+            log.exception("model call failed on %s (%d tiles): %s", name, len(x), err,
+                          extra={"fields": {"failure_id": fid, "model": name}})
+            raise EngineError(f"inference failed on {name}: {err}", fid) from err
+        expected = contract.output_shape(x.shape, scale)
         if y.shape != expected:
-            raise EngineError(f"model x{scale} returned {y.shape}, expected {expected}")
+            raise EngineError(f"model {name} returned {y.shape}, expected {expected}")
         return y
-

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from app.engine import EngineError
 from app.imaging import ImageError
 from app.scheduler import BatchFailed, Busy, DeadlineExceeded, TooLarge
+from app.upscaler import UnknownModel
 
 log = logging.getLogger("app.errors")
 
@@ -81,6 +82,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:
         return error_response(request, err.status_code, str(err.detail), err.headers)
+
+    @app.exception_handler(UnknownModel)
+    async def _unknown(request: Request, err: UnknownModel) -> JSONResponse:
+        return error_response(request, 422, str(err))
 
     @app.exception_handler(TooLarge)
     async def _large(request: Request, err: TooLarge) -> JSONResponse:

@@ -1,7 +1,8 @@
 """Image in and out: decode with limits, orientation, split into Y / CbCr / alpha, rejoin, encode.
 
-Colour follows the model contract: Y is BT.601 studio-range luma of 8-bit RGB. The model
-upscales Y; Cb, Cr and alpha are upscaled with Pillow's bicubic on float planes.
+Colour follows the model contract (model/contract.py): Y is BT.601 studio-range luma of
+8-bit RGB. The model upscales Y; Cb, Cr and alpha are upscaled with Pillow's bicubic on
+float planes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Colour conversion has one home, the model contract; the canvas reaches it through here.
+from model.contract import gray_to_y, rgb_to_ycbcr, y_to_gray, ycbcr_to_rgb
 
 # Pillow saves these; anything else answers in PNG.
 WRITABLE = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -176,37 +180,6 @@ class Planes:
     cr: np.ndarray | None
     alpha: np.ndarray | None
     mode: str  # the mode to rebuild
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
-
-
-def rgb_to_ycbcr(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    y = luma(rgb)
-    cb = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
-    cr = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
-    return y, cb, cr
-
-
-def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    y, cb, cr = y - 16.0, cb - 128.0, cr - 128.0
-    r = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.402 * cr
-    g = 255.0 / 219.0 * y - 255.0 / 224.0 * (
-        1.772 * 0.114 / 0.587 * cb + 1.402 * 0.299 / 0.587 * cr)
-    b = 255.0 / 219.0 * y + 255.0 / 224.0 * 1.772 * cb
-    return np.stack([r, g, b], axis=-1)
-
-
-def gray_to_y(v: np.ndarray, peak: float) -> np.ndarray:
-    """Luma of a gray pixel (R = G = B = v), studio range."""
-    return 16.0 + 219.0 * v.astype(np.float32) / peak
-
-
-def y_to_gray(y: np.ndarray, peak: float) -> np.ndarray:
-    return (y - 16.0) * (peak / 219.0)
 
 
 def split(img: Image.Image) -> Planes:

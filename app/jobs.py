@@ -176,7 +176,8 @@ class JobManager:
     def _left_s(self, entry: Entry) -> float:
         """Wall seconds of model work left for a job, all workers on it."""
         st = entry.state
-        sched = self.up.schedulers.get(st.scale)
+        name = self.up.engine.model_for(st.scale)
+        sched = self.up.schedulers.get(name) if name is not None else None
         if sched is None or st.status in FINISHED:
             return 0.0
         if entry.job is not None:
@@ -203,8 +204,11 @@ class JobManager:
         while True:
             if not self.queue or not self.up.ready:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):  # readiness is polled
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                # Readiness is polled. asyncio.timeout, not wait_for: on Python 3.11 a stop
+                # that lands as wait_for times out is turned into a TimeoutError and lost.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
                 continue
             entry = self.entries.get(self.queue.popleft())
             if entry is None or entry.state.status != "queued":

@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app import errors, job_routes, web
 from app.engine import Engine
 from app.jobs import JobManager
+from app.kserve_routes import router as kserve_router
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.routes import router
@@ -69,9 +70,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(router)
     app.include_router(job_routes.router)
     app.include_router(web.router)
+    app.include_router(kserve_router)
     app.mount(web.STATIC_PATH, StaticFiles(directory=web.STATIC), name="static")
     errors.install(app)
-    routes = {p for r in router.routes if (p := getattr(r, "path", None))}
+    routes = {p for r in (*router.routes, *kserve_router.routes)
+              if (p := getattr(r, "path", None))}
     routes |= {"/", "/v1/jobs"}  # job ids and file names would make a label per job
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per app (so tests can build many apps)."""
+"""Prometheus metrics of the service, one registry per app (so tests can build many apps)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 OVERHEAD_BUCKETS = (1.0, 1.02, 1.05, 1.1, 1.15, 1.25, 1.5, 2.0, 3.0)
+# Per-model series: the scale (what dashboards and autoscaling already group by) and the
+# model's name (two models may serve one scale).
+MODEL = ["scale", "model"]
 
 
 class Metrics:
@@ -26,56 +29,57 @@ class Metrics:
                                          ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_seconds = Histogram("lsrcnn_queue_seconds",
                                        "Time from a request's admission to its first tile "
-                                       "starting", ["scale"], buckets=LATENCY_BUCKETS, registry=r)
+                                       "starting", MODEL, buckets=LATENCY_BUCKETS, registry=r)
         self.inference_seconds = Histogram("lsrcnn_inference_seconds",
                                            "Worker time of one batch: cut, model call, paste",
-                                           ["scale"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("lsrcnn_batch_size", "Tiles per model call", ["scale"],
+                                           MODEL, buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("lsrcnn_batch_size", "Tiles per model call", MODEL,
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("lsrcnn_queue_depth", "Tiles of admitted requests not started",
-                                 ["scale"], registry=r)
+                                 MODEL, registry=r)
         self.queue_work = Gauge("lsrcnn_queue_work_seconds",
                                 "Estimated seconds until the admitted work is done, all "
                                 "workers busy (what admission and autoscaling read)",
-                                ["scale"], registry=r)
+                                MODEL, registry=r)
         self.pixel_cost = Gauge("lsrcnn_model_seconds_per_pixel",
                                 "Worker seconds per model input pixel, as now estimated",
-                                ["scale"], registry=r)
+                                MODEL, registry=r)
         self.cost_factor = Gauge("lsrcnn_cost_factor",
                                  "Recent batches' time over the warm-up cost model's "
-                                 "prediction (1 = as measured at start)", ["scale"], registry=r)
-        self.tiles = Counter("lsrcnn_tiles_total", "Tiles run through the model", ["scale"],
+                                 "prediction (1 = as measured at start)", MODEL, registry=r)
+        self.tiles = Counter("lsrcnn_tiles_total", "Tiles run through the model", MODEL,
                              registry=r)
         self.tile_overhead = Histogram("lsrcnn_tile_overhead",
                                        "Model pixels per image pixel of a request",
-                                       ["scale"], buckets=OVERHEAD_BUCKETS, registry=r)
+                                       MODEL, buckets=OVERHEAD_BUCKETS, registry=r)
         self.model_pixels = Counter("lsrcnn_model_pixels_total", "Pixels fed to the model",
-                                    ["scale"], registry=r)
+                                    MODEL, registry=r)
         self.input_pixels = Counter("lsrcnn_input_pixels_total",
-                                    "Pixels of upscaled input images", ["scale"], registry=r)
+                                    "Pixels of upscaled input images", MODEL, registry=r)
         self.output_pixels = Counter("lsrcnn_output_pixels_total", "Pixels of upscaled output",
-                                     ["scale"], registry=r)
+                                     MODEL, registry=r)
         self.rejected = Counter("lsrcnn_rejected_total", "Requests refused at admission: "
-                                "too_large (413) or busy (503)", ["scale", "reason"], registry=r)
+                                "too_large (413) or busy (503)", [*MODEL, "reason"], registry=r)
         self.withdrawn_requests = Counter("lsrcnn_withdrawn_requests_total",
                                           "Requests withdrawn before done (client gone or "
-                                          "deadline)", ["scale"], registry=r)
+                                          "deadline)", MODEL, registry=r)
         self.withdrawn_tiles = Counter("lsrcnn_withdrawn_tiles_total",
                                        "Tiles never run because their request was withdrawn",
-                                       ["scale"], registry=r)
+                                       MODEL, registry=r)
         self.withdrawn_model_seconds = Counter("lsrcnn_withdrawn_model_seconds_total",
                                                "Worker seconds spent on withdrawn requests",
-                                               ["scale"], registry=r)
-        self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset and active provider",
-                                ["scale", "preset", "provider"], registry=r)
+                                               MODEL, registry=r)
+        self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset, active provider "
+                                "and architecture", [*MODEL, "preset", "provider", "arch"],
+                                registry=r)
         self.model_load_failures = Counter("lsrcnn_model_load_failures_total",
                                            "Model files that failed to load", ["file"],
                                            registry=r)
 
-    def watch(self, label: str, sched: Scheduler) -> None:
+    def watch(self, labels: tuple[str, str], sched: Scheduler) -> None:
         """Gauges read from the scheduler at scrape time: always current, never stale."""
-        self.queue_depth.labels(label).set_function(lambda: sched.waiting_tiles)
-        self.queue_work.labels(label).set_function(lambda: sched.drain_s)
-        self.pixel_cost.labels(label).set_function(
+        self.queue_depth.labels(*labels).set_function(lambda: sched.waiting_tiles)
+        self.queue_work.labels(*labels).set_function(lambda: sched.drain_s)
+        self.pixel_cost.labels(*labels).set_function(
             lambda: sched.cost.per_pixel_s * sched.cost.factor)
-        self.cost_factor.labels(label).set_function(lambda: sched.cost.factor)
+        self.cost_factor.labels(*labels).set_function(lambda: sched.cost.factor)

@@ -101,7 +101,11 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - start
             path = scope["path"]
-            route = path if path in self.routes else "other"
+            # The matched route's template (/v2/models/{name}/infer), never the raw path:
+            # model names must not grow the label set.
+            template = getattr(scope.get("route"), "path", None)
+            route = path if path in self.routes else (
+                template if template in self.routes else "other")
             self.metrics.requests.labels(route, str(status["code"])).inc()
             self.metrics.request_seconds.labels(route).observe(elapsed)
             log.info("%s %s %d", scope["method"], path, status["code"], extra={"fields": {

@@ -84,7 +84,10 @@ async def _read_image(request: Request) -> bytes:
     **_errors(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
     request: Request,
-    scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting)"),
+    scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting, "
+                              "or the named model's)"),
+    model: str | None = Query(None, description="a model by name, e.g. lsrcnn-lite-x2 "
+                              "(GET /v1/models lists them); default: the model of the scale"),
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
@@ -93,15 +96,17 @@ async def upscale(
     up = _upscaler(request)
     if not up.ready:
         raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
-    scale = up.settings.default_scale if scale is None else scale
-    if scale not in up.scales:
-        raise ApiError(422, f"scale must be one of {up.scales}")
-    up.schedulers[scale].refuse_early()  # a full queue answers before the body is read
+    try:
+        name = up.resolve(scale, model)
+    except ValueError as err:
+        raise ApiError(422, str(err)) from None
+    scale = up.engine.models[name].scale
+    up.schedulers[name].refuse_early()  # a full queue answers before the body is read
     data = await _read_image(request)
     arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + up.settings.request_timeout_s - (time.perf_counter() - arrived)
-    work = up.upscale(data, scale, format, quality, deadline, request_id(request))
+    work = up.upscale(data, scale, format, quality, deadline, request_id(request), model=name)
     result = await _unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
@@ -149,6 +154,7 @@ _READY = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["status"],
     "properties": {"status": {"type": "string"}, "reason": {"type": "string"},
                    "scales": {"type": "array", "items": {"type": "integer"}},
+                   "models": {"type": "array", "items": {"type": "string"}},
                    "failed_models": {"type": "array", "items": {"type": "string"}}}}}}}
 
 
@@ -162,7 +168,8 @@ async def ready(request: Request) -> JSONResponse:
         return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503,
                             headers={"Retry-After": "5"})
     if up.ready:
-        return JSONResponse({"status": "ready", "scales": up.scales, "failed_models": failed})
+        return JSONResponse({"status": "ready", "scales": up.scales, "models": up.models,
+                             "failed_models": failed})
     return JSONResponse({"status": "not ready", "reason": up.reason, "failed_models": failed},
                         503, headers={"Retry-After": "5"})
 
@@ -171,9 +178,10 @@ async def ready(request: Request) -> JSONResponse:
 async def models(request: Request) -> dict:
     up = _upscaler(request)
     return {"models": [
-        {"scale": info.scale, "preset": info.preset, "provider": info.provider,
-         "file": info.path.name, "card": info.card()}
-        for info in (up.engine.models[s] for s in up.scales)]}
+        {"name": info.name, "arch": info.arch, "scale": info.scale, "preset": info.preset,
+         "provider": info.provider, "file": info.path.name, "ready": up.model_ready(info.name),
+         "default_for_scale": up.engine.model_for(info.scale) == info.name, "card": info.card()}
+        for info in (up.engine.models[name] for name in up.models)]}
 
 
 @router.get("/metrics", response_class=Response, responses={200: {

@@ -114,3 +114,11 @@ class Settings(BaseSettings):
             return ()
         top = self.resolved_batch(on_gpu)
         return tuple(sorted({min(2**k, top) for k in range(top.bit_length() + 1)}))
+
+    def warm_batch_sizes(self, on_gpu: bool) -> tuple[int, ...]:
+        """Batch sizes to warm: on the GPU every size a call can have (the padded sizes; each
+        shape has its own cuDNN algorithm search); on the CPU the largest, which sizes the
+        arena for the worst call; smaller batches there have nothing of their own to
+        prepare (measured: after the largest, a first call at a smaller size takes as long
+        as later ones)."""
+        return self.batch_sizes(on_gpu) or (self.resolved_batch(on_gpu),)

@@ -1,6 +1,8 @@
 """The upscaling pipeline: header -> plan -> admission -> decode -> fair tiles -> encode.
 
-Owns the engine and one scheduler per scale; knows nothing about HTTP. The cost of a
+Owns the engine and one scheduler per model (by name); knows nothing about HTTP. Bare
+tensors of the model contract (the Open Inference Protocol) take the same schedulers and
+admission, without the colour and encoding steps. The cost of a
 request is known from the image header before anything is decoded: a request that cannot
 finish is refused then (413 alone, 503 with the queue), before any work.
 """
@@ -16,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from app import imaging, tiling
@@ -24,6 +27,7 @@ from app.engine import Engine
 from app.metrics import Metrics
 from app.scheduler import BatchRecord, Busy, CostModel, Job, Scheduler, TooLarge
 from app.settings import Settings
+from model import contract
 
 log = logging.getLogger("app.upscaler")
 
@@ -48,16 +52,20 @@ class Result:
     overhead: float = 1.0  # model pixels / image pixels
 
 
-def upscale_direct(engine: Engine, image: Image.Image, scale: int, settings: Settings
+def upscale_direct(engine: Engine, image: Image.Image, model: str, settings: Settings
                    ) -> Image.Image:
     """The service's tiling and colour path on one decoded image, without HTTP or the
     scheduler: one tile a call, in order (benchmarks, the README figure)."""
     plan = tiling.plan_tiles(image.height, image.width, settings.tile_size,
                              settings.tile_overlap)
-    canvas = Canvas(image, plan, scale)
+    canvas = Canvas(image, plan, engine.models[model].scale)
     for r, c in plan.tiles():
-        canvas.paste(r, c, engine.run(scale, canvas.tile(r, c)[None, None])[0, 0])
+        canvas.paste(r, c, engine.run(model, canvas.tile(r, c)[None, None])[0, 0])
     return canvas.out
+
+
+class UnknownModel(LookupError):
+    """No ready model of that name or scale."""
 
 
 class Upscaler:
@@ -65,7 +73,7 @@ class Upscaler:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine or Engine(settings)
-        self.schedulers: dict[int, Scheduler] = {}
+        self.schedulers: dict[str, Scheduler] = {}  # by model name, once warmed
         self._encoding: set[asyncio.Task] = set()
         self._trimmer: asyncio.Task | None = None
         self._dirty = False  # memory freed since the last trim
@@ -73,8 +81,37 @@ class Upscaler:
         self.reason = "models loading"
 
     @property
+    def models(self) -> list[str]:
+        """Models warmed and scheduled, by scale then name."""
+        return [name for name in self.engine.names if name in self.schedulers]
+
+    @property
     def scales(self) -> list[int]:
-        return sorted(self.schedulers)
+        return sorted({self.engine.models[name].scale for name in self.schedulers})
+
+    def model_ready(self, name: str) -> bool:
+        return self.ready and name in self.schedulers
+
+    def resolve(self, scale: int | None = None, model: str | None = None) -> str:
+        """The model a request means: by name, else the one serving its scale (the
+        default scale when it names neither). UnknownModel when there is none; ValueError
+        when the name and the scale disagree."""
+        if model is not None:
+            if model not in self.schedulers:
+                raise UnknownModel(f"no ready model named {model!r}; ready: {self.models}")
+            if scale is not None and self.engine.models[model].scale != scale:
+                raise ValueError(f"model {model} upscales x{self.engine.models[model].scale}, "
+                                 f"not x{scale}")
+            return model
+        scale = self.settings.default_scale if scale is None else scale
+        name = self.engine.model_for(scale)
+        if name is None or name not in self.schedulers:
+            raise UnknownModel(f"scale must be one of {self.scales}")
+        return name
+
+    def _labels(self, name: str) -> tuple[str, str]:
+        """Metric labels of a model: its scale and its name."""
+        return str(self.engine.models[name].scale), name
 
     def bound(self) -> int:
         """Largest tile side: the tile size plus context on both sides, rounded up."""
@@ -83,40 +120,52 @@ class Upscaler:
         return -(-(s.tile_size + 2 * s.tile_overlap) // m) * m
 
     async def start(self) -> None:
-        """Load and warm every model, then start scheduling. Failures leave us not ready."""
+        """Load and warm every model, then start scheduling. A model that fails costs only
+        itself; without the default scale's model we stay not ready."""
         s = self.settings
-        costs: dict[int, CostModel] = {}
         try:
             await asyncio.to_thread(self.engine.load)
-            self.reason = "models warming up"
-            on_gpu = self.engine.on_gpu
-            for scale in self.engine.scales:
-                samples = await asyncio.to_thread(
-                    self.engine.warm_up, scale, (self.bound(), self.bound()),
-                    s.batch_sizes(on_gpu), s.resolved_workers(on_gpu))
-                costs[scale] = CostModel.fit(samples)
         except Exception as err:
             self.reason = f"model load failed: {err}"
             log.exception("model load failed")
             return
+        self.reason = "models warming up"
         on_gpu = self.engine.on_gpu
-        for scale in self.engine.scales:
-            info = self.engine.models[scale]
-            label = str(scale)
-            self.metrics.model_info.labels(label, info.preset, info.provider).set(1)
-            sched = Scheduler(
-                lambda x, scale=scale: self.engine.run(scale, x), costs[scale],
-                workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),
-                batch_sizes=s.batch_sizes(on_gpu), max_tiles=s.max_tiles_per_request,
-                queue_limit=s.queue_limit, timeout_s=s.request_timeout_s,
-                headroom=s.admission_headroom, name=f"x{scale}", planner=self._planner(),
-                on_batch=lambda rec, label=label: self._record_batch(label, rec),
-                on_withdraw=lambda job, label=label: self._record_withdraw(label, job))
-            self.metrics.watch(label, sched)
-            self.schedulers[scale] = sched
+        costs: dict[str, CostModel] = {}
+        for name in self.engine.names:
+            try:
+                samples = await asyncio.to_thread(
+                    self.engine.warm_up, name, (self.bound(), self.bound()),
+                    s.warm_batch_sizes(on_gpu), s.resolved_workers(on_gpu))
+                costs[name] = CostModel.fit(samples)
+            except Exception as err:
+                log.exception("warm-up of %s failed", name)
+                self.engine.drop(name, f"warm-up failed: {err}")  # another may serve its scale
+        default = self.engine.model_for(s.default_scale)
+        if default is None:
+            self.reason = (f"model load failed: no model for the default scale "
+                           f"x{s.default_scale} warmed up")
+            return
+        for name, cost in costs.items():
+            self.schedulers[name] = self._scheduler(name, cost)
         self._trimmer = asyncio.create_task(self._trim_when_idle())
         self.ready, self.reason = True, "ready"
-        log.info("ready: scales %s", self.scales)
+        log.info("ready: models %s on %s", self.models, "GPU" if on_gpu else "CPU")
+
+    def _scheduler(self, name: str, cost: CostModel) -> Scheduler:
+        s, on_gpu, info = self.settings, self.engine.on_gpu, self.engine.models[name]
+        labels = self._labels(name)
+        self.metrics.model_info.labels(*labels, info.preset, info.provider, info.arch).set(1)
+        sched = Scheduler(
+            lambda x, name=name: self.engine.run(name, x), cost,
+            workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),
+            batch_sizes=s.batch_sizes(on_gpu), max_tiles=s.max_tiles_per_request,
+            queue_limit=s.queue_limit, timeout_s=s.request_timeout_s,
+            headroom=s.admission_headroom, name=name, planner=self._planner(),
+            on_batch=lambda rec: self._record_batch(labels, rec),
+            on_withdraw=lambda job: self._record_withdraw(labels, job))
+        self.metrics.watch(labels, sched)
+        return sched
 
     async def _trim_when_idle(self) -> None:
         """Hand freed memory back once load stops: not after every request (the next one
@@ -134,50 +183,67 @@ class Upscaler:
         for sched in self.schedulers.values():
             await sched.stop()
 
-    def _record_batch(self, label: str, rec: BatchRecord) -> None:
+    def _record_batch(self, labels: tuple[str, str], rec: BatchRecord) -> None:
         m = self.metrics
-        m.batch_size.labels(label).observe(rec.size)
-        m.inference_seconds.labels(label).observe(rec.seconds)
-        m.tiles.labels(label).inc(rec.size)
+        m.batch_size.labels(*labels).observe(rec.size)
+        m.inference_seconds.labels(*labels).observe(rec.seconds)
+        m.tiles.labels(*labels).inc(rec.size)
         if rec.cancelled_s:
-            m.withdrawn_model_seconds.labels(label).inc(rec.cancelled_s)
+            m.withdrawn_model_seconds.labels(*labels).inc(rec.cancelled_s)
 
-    def _record_withdraw(self, label: str, job: Job) -> None:
+    def _record_withdraw(self, labels: tuple[str, str], job: Job) -> None:
         m = self.metrics
-        m.withdrawn_requests.labels(label).inc()
-        m.withdrawn_tiles.labels(label).inc(job.waiting)
-        m.withdrawn_model_seconds.labels(label).inc(job.model_s)
+        m.withdrawn_requests.labels(*labels).inc()
+        m.withdrawn_tiles.labels(*labels).inc(job.waiting)
+        m.withdrawn_model_seconds.labels(*labels).inc(job.model_s)
+
+    def _record_pixels(self, labels: tuple[str, str], plan: tiling.TilePlan, scale: int,
+                       queued: float) -> None:
+        m = self.metrics
+        m.queue_seconds.labels(*labels).observe(queued)
+        m.tile_overhead.labels(*labels).observe(plan.overhead)
+        m.model_pixels.labels(*labels).inc(plan.model_pixels)
+        m.input_pixels.labels(*labels).inc(plan.height * plan.width)
+        m.output_pixels.labels(*labels).inc(plan.height * plan.width * scale**2)
+
+    def _admit(self, name: str, plan: tiling.TilePlan, deadline: float, tag: str) -> Job:
+        try:
+            return self.schedulers[name].admit(plan, deadline, tag)
+        except (TooLarge, Busy) as err:
+            reason = "too_large" if isinstance(err, TooLarge) else "busy"
+            self.metrics.rejected.labels(*self._labels(name), reason).inc()
+            raise
 
     def _planner(self) -> Callable[[int, int], tiling.TilePlan]:
         s, m = self.settings, self.settings.resolved_multiple(self.engine.on_gpu)
         return lambda h, w: tiling.plan_tiles(h, w, s.tile_size, s.tile_overlap, multiple=m)
 
-    def plan(self, scale: int, height: int, width: int) -> tiling.TilePlan:
+    def plan(self, model: str, height: int, width: int) -> tiling.TilePlan:
         """The cheapest grid; spread over the workers nothing is waiting for."""
         s, on_gpu = self.settings, self.engine.on_gpu
         return tiling.plan_tiles(height, width, s.tile_size, s.tile_overlap,
-                                 min_tiles=max(1, self.schedulers[scale].free_workers()),
+                                 min_tiles=max(1, self.schedulers[model].free_workers()),
                                  multiple=s.resolved_multiple(on_gpu))
 
     async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
-                      deadline: float, request_id: str = "") -> Result:
-        s, sched, label = self.settings, self.schedulers[scale], str(scale)
+                      deadline: float, request_id: str = "", *, model: str | None = None
+                      ) -> Result:
+        """An encoded image upscaled by the model named `model`, else by the one that
+        serves `scale`."""
+        name = self.resolve(scale, model)
+        s, sched, labels = self.settings, self.schedulers[name], self._labels(name)
+        scale = self.engine.models[name].scale
         t0 = time.perf_counter()
         probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
         out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
-        plan = self.plan(scale, *probed.size)
-        try:
-            job = sched.admit(plan, deadline, request_id)
-        except (TooLarge, Busy) as err:
-            reason = "too_large" if isinstance(err, TooLarge) else "busy"
-            self.metrics.rejected.labels(label, reason).inc()
-            raise
+        plan = self.plan(name, *probed.size)
+        job = self._admit(name, plan, deadline, request_id)
         try:
             decoded = await asyncio.to_thread(imaging.load, probed)
             del probed  # the canvas keeps its own copy of the pixels
             image = decoded.image
             if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
-                plan = self.plan(scale, image.height, image.width)
+                plan = self.plan(name, image.height, image.width)
                 job.plan = plan
             canvas = Canvas(image, plan, scale)
             del image, decoded
@@ -197,14 +263,60 @@ class Upscaler:
         queued = job.started_at - loop_t1 if job.started_at is not None else 0.0
         timings = {"decode": t1 - t0, "queue": max(0.0, queued), "inference": job.model_s,
                    "tiles": t2 - t1, "first-byte": time.perf_counter() - t2}
-        m = self.metrics
-        m.queue_seconds.labels(label).observe(timings["queue"])
-        m.tile_overhead.labels(label).observe(plan.overhead)
-        m.model_pixels.labels(label).inc(plan.model_pixels)
-        m.input_pixels.labels(label).inc(plan.height * plan.width)
-        m.output_pixels.labels(label).inc(plan.height * plan.width * scale**2)
+        self._record_pixels(labels, plan, scale, timings["queue"])
         return Result(_prepend(first, chunks), imaging.MEDIA_TYPES[out_fmt], timings,
                       plan.count, plan.overhead)
+
+    async def infer(self, model: str, x: np.ndarray, deadline: float, request_id: str = ""
+                    ) -> np.ndarray:
+        """The model contract's tensor, [N, 1, H, W] of Y / 255, through the scheduler:
+        each image is one admitted job; [N, 1, sH, sW] out.
+
+        An image within the tile bound is one tile of its own size, so the answer is the
+        model's own output; above it the service's tiling applies (overlap, pasted cores).
+        Images are never spread over idle workers, which would cut them when they fit.
+        """
+        sched, scale, labels = self.schedulers[model], self.engine.models[model].scale, \
+            self._labels(model)
+        contract.check_input(x.shape)
+        n, _, h, w = x.shape
+        limits = self.settings
+        if h * w > limits.max_input_pixels or n * h * w * scale**2 > limits.max_output_pixels:
+            raise TooLarge(f"{n} images of {h}x{w} at x{scale}: over the limits of "
+                           f"{limits.max_input_pixels} input pixels per image and "
+                           f"{limits.max_output_pixels} output pixels per request")
+        plan = self._planner()(h, w)
+        jobs: list[Job] = []
+        try:
+            for k in range(n):
+                jobs.append(self._admit(model, plan, deadline, f"{request_id}#{k}"))
+        except (TooLarge, Busy):
+            for job in jobs:
+                sched.release(job)
+            raise
+        out = np.empty(contract.output_shape(x.shape, scale), np.float32)
+        started = asyncio.get_running_loop().time()
+
+        def cut(k: int) -> Callable[[int, int], np.ndarray]:
+            return lambda r, c: tiling.cut(x[k, 0], plan, r, c)
+
+        def paste(k: int) -> Callable[[int, int, np.ndarray], None]:
+            return lambda r, c, y: tiling.paste(out[k, 0], y, plan, r, c, scale)
+
+        runs = [asyncio.ensure_future(sched.run(job, cut(k), paste(k)))
+                for k, job in enumerate(jobs)]
+        try:
+            await asyncio.gather(*runs)
+        finally:  # one failed or we were cancelled: the others' tiles leave the queue too
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            for job in jobs:
+                sched.release(job)
+        for job in jobs:
+            queued = job.started_at - started if job.started_at is not None else 0.0
+            self._record_pixels(labels, plan, scale, max(0.0, queued))
+        return out
 
     def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,
                 icc: bytes | None) -> None:

@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def upscale(engine: Engine, settings: Settings, img: Image.Image, scale: int) -> Image.Image:
     """The service's own path (tiles, model, colour), as the service would answer it."""
-    return upscale_direct(engine, img, scale, settings)
+    name = engine.model_for(scale)
+    if name is None:
+        raise SystemExit(f"no x{scale} model")
+    return upscale_direct(engine, img, name, settings)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from PIL import Image
 from app import imaging, tiling
 from app.engine import Engine
 from app.settings import Settings
+from model import contract
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,18 +125,27 @@ def _rounds(work, seconds: float) -> tuple[int, float]:  # type: ignore[no-untyp
     return rounds, time.perf_counter() - t0
 
 
+def _model(engine: Engine, scale: int) -> str:
+    """The model the service would use for this scale."""
+    name = engine.model_for(scale)
+    if name is None:
+        raise SystemExit(f"no x{scale} model")
+    return name
+
+
 def whole_image(images: list[Image.Image], scale: int, seconds: float) -> dict:
     """Each image's Y once, whole, in one call on a session that uses every core."""
     engine = Engine(Settings(workers=1, intra_op_threads=os.cpu_count() or 1))
     engine.load()
-    planes = [imaging.split(img).y[None, None] / np.float32(255.0) for img in images]
-    engine.run(scale, planes[0])
+    planes = [contract.to_model(imaging.split(img).y)[None, None] for img in images]
+    name = _model(engine, scale)
+    engine.run(name, planes[0])
     calls: list[float] = []
 
     def work() -> None:
         for y in planes:
             t0 = time.perf_counter()
-            engine.run(scale, y)
+            engine.run(name, y)
             calls.append(time.perf_counter() - t0)
 
     rounds, wall = _rounds(work, seconds)
@@ -149,15 +159,16 @@ def same_tiles(images: list[Image.Image], scale: int, settings: Settings,
     workers, one tile a call: the service's own model work without HTTP or codecs."""
     engine = Engine(settings)
     engine.load()
+    name = _model(engine, scale)
     tiles = []
     for img in images:
-        y = imaging.split(img).y / np.float32(255.0)
+        y = contract.to_model(imaging.split(img).y)
         plan = tiling.plan_tiles(img.height, img.width, settings.tile_size,
                                  settings.tile_overlap)
         tiles += [tiling.cut(y, plan, r, c)[None, None] for r, c in plan.tiles()]
     workers = settings.resolved_workers(engine.on_gpu)
     with ThreadPoolExecutor(workers) as pool:
-        rounds, wall = _rounds(lambda: list(pool.map(lambda x: engine.run(scale, x), tiles)),
+        rounds, wall = _rounds(lambda: list(pool.map(lambda x: engine.run(name, x), tiles)),
                                seconds)
     pixels = sum(img.width * img.height for img in images) * scale**2
     return {"mp_s": rounds * pixels / wall / 1e6, "tiles": len(tiles), "workers": workers}

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from model import contract
 from model.export import export
 from model.net import LSRCNN, PRESETS, count_parameters, macs_per_lr_pixel, make_config
 
@@ -43,15 +44,15 @@ def main() -> None:
             model = LSRCNN(make_config(preset, 2, hidden=hidden)).eval()
             name = preset if hidden is None else f"lite, hidden {hidden}"
             path = Path(tmp) / f"{preset}-{hidden}.onnx"
-            export(model, path, {"scale": "2", "preset": preset})
+            export(model, path, contract.ModelDescriptor(2, preset).metadata())
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             for size in args.sizes:
                 x = np.random.default_rng(0).random((1, 1, size, size), dtype=np.float32)
-                sess.run(None, {"input": x})
+                sess.run(None, {contract.INPUT_NAME: x})
                 times = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    sess.run(None, {"input": x})
+                    sess.run(None, {contract.INPUT_NAME: x})
                     times.append(time.perf_counter() - t0)
                 med = statistics.median(times)
                 print(f"| {name} | {count_parameters(model):,} | "

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app import tiling
+from app import registry, tiling
+from model import contract
 from model.evaluate import run_onnx
 from model.imaging import bicubic_down, list_images, load_rgb, modcrop, y_of
-from model.metrics import psnr, quantize
+from model.quality import psnr, quantize
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
@@ -32,7 +33,8 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "model" / "weights"
 def session(scale: int, threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(WEIGHTS / f"lsrcnn-lite-x{scale}.onnx"), opts,
+    # Chosen by the scale its metadata states, never by its file name.
+    return ort.InferenceSession(str(registry.find(WEIGHTS, scale).path), opts,
                                 providers=["CPUExecutionProvider"])
 
 
@@ -40,10 +42,10 @@ def tiled(sess: ort.InferenceSession, lr_y: np.ndarray, scale: int, tile: int, o
           min_tiles: int = 1,
           batch: int = 16) -> tuple[np.ndarray, tiling.TilePlan]:
     plan = tiling.plan_tiles(*lr_y.shape, tile, overlap, min_tiles)
-    tiles = tiling.cut_tiles(lr_y / 255.0, plan)
-    outs = [sess.run(None, {"input": tiles[i : i + batch]})[0]
+    tiles = tiling.cut_tiles(contract.to_model(lr_y), plan)
+    outs = [sess.run(None, {contract.INPUT_NAME: tiles[i : i + batch]})[0]
             for i in range(0, len(tiles), batch)]
-    return tiling.merge_tiles(np.concatenate(outs), plan, scale) * 255.0, plan
+    return contract.from_model(tiling.merge_tiles(np.concatenate(outs), plan, scale)), plan
 
 
 def seam_levels(diff: np.ndarray, plan: tiling.TilePlan, scale: int) -> tuple[float, float]:
@@ -113,13 +115,13 @@ def speed(tiles: list[int], overlap: int, seconds: float) -> None:
             sess = session(2, threads)
             for batch in (1, 4, 16):
                 x = np.random.default_rng(0).random((batch, 1, tile, tile), dtype=np.float32)
-                sess.run(None, {"input": x})
+                sess.run(None, {contract.INPUT_NAME: x})
                 done = [0] * workers
                 stop = time.perf_counter() + seconds
 
                 def work(k: int, sess=sess, x=x, batch=batch, stop=stop, done=done) -> None:
                     while time.perf_counter() < stop:
-                        sess.run(None, {"input": x})
+                        sess.run(None, {contract.INPUT_NAME: x})
                         done[k] += batch
 
                 t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.contract import to_model
 from model.imaging import bicubic_down, list_images, load_rgb, modcrop, y_of
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class PatchSampler:
                 hr = modcrop(Image.fromarray(rgb), scale)
                 lr = bicubic_down(hr, scale)
                 self.pairs.append(
-                    ((y_of(lr) / 255.0).astype(np.float32), (y_of(hr) / 255.0).astype(np.float32))
+                    (to_model(y_of(lr)), to_model(y_of(hr)))
                 )
         if padded:
             log.warning("%d image(s) smaller than a %dpx crop were mirror-padded", padded, hr_side)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from model import contract
 from model.imaging import bicubic_down, bicubic_up, list_images, load_rgb, modcrop, y_of
-from model.metrics import psnr, quantize, ssim
+from model.quality import psnr, quantize, ssim
 
 
 @dataclass
@@ -30,12 +31,14 @@ class Score:
 
 
 def onnx_scale(session: ort.InferenceSession) -> int:
-    return int(session.get_modelmeta().custom_metadata_map["scale"])
+    return contract.describe(session.get_modelmeta().custom_metadata_map).scale
 
 
 def run_onnx(session: ort.InferenceSession, lr_y: np.ndarray) -> np.ndarray:
-    x = (lr_y / 255.0).astype(np.float32)[None, None]
-    return session.run(None, {session.get_inputs()[0].name: x})[0][0, 0].astype(np.float64) * 255.0
+    """One whole Y plane (0..255 scale) through the model; float64 Y out."""
+    x = contract.to_model(lr_y)[None, None]
+    out = session.run(None, {contract.INPUT_NAME: x})[0][0, 0]
+    return contract.from_model(out.astype(np.float64))
 
 
 def evaluate_folder(folder: str | Path, scale: int,

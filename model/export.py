@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from model import contract
 from model.net import LSRCNN, count_parameters, macs_per_lr_pixel
 from model.train import load_checkpoint, model_from_checkpoint
 
@@ -24,27 +25,31 @@ OPSET = 17
 TOLERANCE = 1e-4
 EXPORT_SAMPLE = (1, 1, 32, 32)
 PARITY_SHAPES = ((2, 1, 23, 41), (1, 1, 57, 30))
+ARCH = "lsrcnn"  # the network in model/net.py, as the metadata names it
 
 
 class ParityError(RuntimeError):
     pass
 
 
-def metadata(model: LSRCNN, ckpt: dict) -> dict[str, str]:
+def descriptor(model: LSRCNN, ckpt: dict) -> contract.ModelDescriptor:
+    """What the file will state about itself, in the contract's terms."""
     train = ckpt.get("train", {})
-    return {
-        "scale": str(model.cfg.scale),
-        "preset": model.cfg.preset,
-        "config": json.dumps(model.cfg.to_dict()),
+    card = {
         "parameters": str(count_parameters(model)),
         "macs_per_lr_pixel": str(macs_per_lr_pixel(model.cfg)),
         "training_data": "+".join(train.get("data", [])) or "unknown",
         "iterations": str(ckpt.get("iteration", 0)),
         "validation_set": str(train.get("val") or ""),
         "validation_psnr": f"{ckpt.get('val_psnr', float('nan')):.3f}",
-        "input": "float32 [N,1,H,W]: BT.601 studio-range Y / 255",
-        "output": "float32 [N,1,scale*H,scale*W], same range, not clamped",
     }
+    return contract.ModelDescriptor(model.cfg.scale, model.cfg.preset, ARCH, card)
+
+
+def metadata(model: LSRCNN, ckpt: dict) -> dict[str, str]:
+    """metadata_props of the exported file: the descriptor plus the network config."""
+    return {**descriptor(model, ckpt).metadata(),
+            contract.CONFIG: json.dumps(model.cfg.to_dict())}
 
 
 def export(model: LSRCNN, path: str | Path, meta: dict[str, str]) -> None:
@@ -55,9 +60,9 @@ def export(model: LSRCNN, path: str | Path, meta: dict[str, str]) -> None:
         # The TorchScript exporter keeps LSTM sequence lengths dynamic; dynamo fixes them.
         torch.onnx.export(
             model, (sample,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["input"], output_names=["output"],
-            dynamic_axes={"input": {0: "n", 2: "h", 3: "w"},
-                          "output": {0: "n", 2: "out_h", 3: "out_w"}},
+            input_names=[contract.INPUT_NAME], output_names=[contract.OUTPUT_NAME],
+            dynamic_axes={contract.INPUT_NAME: contract.INPUT_AXES,
+                          contract.OUTPUT_NAME: contract.OUTPUT_AXES},
         )
     proto = onnx.load(str(path))
     for key, value in meta.items():
@@ -76,7 +81,7 @@ def parity(model: LSRCNN, path: str | Path, shapes=PARITY_SHAPES) -> float:
         x = torch.rand(*shape, generator=gen)
         with torch.no_grad():
             ref = model.eval()(x).numpy()
-        got = session.run(None, {"input": x.numpy()})[0]
+        got = session.run(None, {contract.INPUT_NAME: x.numpy()})[0]
         if got.shape != ref.shape:
             raise ParityError(f"shape {shape}: ONNX gave {got.shape}, torch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model.contract import rgb_to_y
+
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 
@@ -39,14 +41,9 @@ def bicubic_up(img: Image.Image, scale: int) -> Image.Image:
     return img.resize((w * scale, h * scale), Image.BICUBIC)
 
 
-def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 studio-range luma (16..235) of 8-bit RGB, as float64."""
-    rgb = rgb.astype(np.float64)
-    return 16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0
-
-
 def y_of(img: Image.Image) -> np.ndarray:
-    return rgb_to_y(np.asarray(img.convert("RGB")))
+    """The contract's BT.601 Y (0..255 scale) in float64, as published SR tables compute it."""
+    return rgb_to_y(np.asarray(img.convert("RGB")), np.float64)
 
 
 def lr_hr_pair(path: str | Path, scale: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model.contract import from_model, to_model
 from model.data import PatchSampler
 from model.imaging import list_images, lr_hr_pair
-from model.metrics import psnr, quantize
 from model.net import LSRCNN, LSRCNNConfig, make_config
+from model.quality import psnr, quantize
 
 log = logging.getLogger("model.train")
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default=None, help="checkpoint whose encoder+LSTM start this run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if present)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="also stop after this many minutes of training (the learning-rate "
+                        "schedule still spans --iters)")
     return p.parse_args(argv)
 
 
@@ -70,8 +74,8 @@ def validate(model: LSRCNN, pairs: list[tuple[np.ndarray, np.ndarray]], device: 
     model.eval()
     scores = []
     for lr, hr in pairs:
-        x = torch.from_numpy((lr / 255.0).astype(np.float32))[None, None].to(device)
-        sr = model(x)[0, 0].float().cpu().numpy() * 255.0
+        x = torch.from_numpy(to_model(lr))[None, None].to(device)
+        sr = from_model(model(x)[0, 0].float().cpu().numpy())
         scores.append(psnr(quantize(sr), hr, border=model.cfg.scale))
     model.train()
     return float(np.mean(scores))
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     use_amp = device == "cuda"
     model.train()
     bar = tqdm(total=args.iters, initial=step, dynamic_ncols=True, desc=f"x{cfg.scale}")
-    while step < args.iters:
+    budget_s = math.inf if args.minutes is None else args.minutes * 60
+    while step < args.iters and wall < budget_s:
         t0 = time.perf_counter()
         lr_np, hr_np = sampler.batch(args.batch)
         lr_t, hr_t = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
@@ -162,12 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         step += 1
         wall += time.perf_counter() - t0
-        if val_pairs and (step % args.val_every == 0 or step == args.iters):
+        last_step = step == args.iters or wall >= budget_s
+        if val_pairs and (step % args.val_every == 0 or last_step):
             val_psnr = validate(model, val_pairs, device)
             if val_psnr > best:
                 best = val_psnr
                 save(out / "best.pt")
-        if step % args.ckpt_every == 0 or step == args.iters:
+        if step % args.ckpt_every == 0 or last_step:
             save(last)
         bar.set_postfix(loss=f"{loss.item():.2e}", val=f"{val_psnr:.2f}", best=f"{best:.2f}")
         bar.update(1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from app.settings import Settings
+from model import contract
 
 # ONNX Runtime's type strings -> Triton's DataType names.
 DATA_TYPES = {
@@ -45,12 +46,9 @@ class OnnxModel:
     path: Path
     scale: int
     preset: str
+    name: str  # the contract's, as the service names it: the same client code reaches both
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.preset}-x{self.scale}"
 
 
 def _tensor(arg: ort.NodeArg) -> Tensor:
@@ -63,10 +61,11 @@ def _tensor(arg: ort.NodeArg) -> Tensor:
 
 def read_model(path: str | Path) -> OnnxModel:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    if "scale" not in meta or "preset" not in meta:
-        raise ValueError(f"{path}: no scale/preset in the ONNX metadata")
-    return OnnxModel(Path(path), int(meta["scale"]), meta["preset"],
+    try:
+        described = contract.describe(session.get_modelmeta().custom_metadata_map)
+    except contract.ContractError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return OnnxModel(Path(path), described.scale, described.preset, described.name,
                      tuple(_tensor(a) for a in session.get_inputs()),
                      tuple(_tensor(a) for a in session.get_outputs()))
 

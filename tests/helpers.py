@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 
@@ -67,3 +68,27 @@ def make_app(**overrides: object) -> FastAPI:
     app = create_app(Settings(**{**TEST_SETTINGS, "spool_dir": spool, **overrides}))
     weakref.finalize(app, shutil.rmtree, spool, True)
     return app
+
+
+def fake_providers(monkeypatch: pytest.MonkeyPatch, available: list[str], active: list[str]
+                   ) -> list[tuple[list, object]]:
+    """ONNX Runtime that lists `available` and whose sessions report `active`, running the
+    real model on the CPU underneath: the GPU decisions, tested on any machine. Returns the
+    list of (providers asked for, session options) of every session made."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    asked: list = []
+
+    class Reporting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, path: str, options: object = None, providers: list | None = None,
+                     **kw: object) -> None:
+            asked.append((providers, options))
+            super().__init__(path, options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self) -> list[str]:
+            return list(active)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(ort, "InferenceSession", Reporting)
+    return asked

@@ -47,7 +47,7 @@ def test_upscale_raw_body_all_scales_with_headers() -> None:
 def test_output_is_sharper_than_bicubic_on_a_real_image() -> None:
     """The service's x2 of a downscaled Set5 image is closer to the original than bicubic."""
     from model.imaging import bicubic_down, bicubic_up, y_of
-    from model.metrics import psnr
+    from model.quality import psnr
 
     hr = set5_crop("butterfly", (0, 0, 128, 128))
     lr = bicubic_down(hr, 2)
@@ -198,6 +198,8 @@ def test_models_and_metrics_endpoints() -> None:
             await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 30, 30)), headers=PNG)
             models = (await c.get("/v1/models")).json()["models"]
             assert [m["scale"] for m in models] == [2, 3, 4]
+            assert [m["name"] for m in models] == [f"lsrcnn-lite-x{s}" for s in (2, 3, 4)]
+            assert all(m["arch"] == "lsrcnn" and m["ready"] for m in models)
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)
             assert all(m["preset"] == "lsrcnn-lite" and "validation_psnr" in m["card"]
                        for m in models)
@@ -209,8 +211,9 @@ def test_models_and_metrics_endpoints() -> None:
                          "lsrcnn_model_info"):
                 assert name in text, name
             assert 'lsrcnn_requests_total{route="/upscale",status="200"} 1.0' in text
-            assert 'lsrcnn_output_pixels_total{scale="2"} 3600.0' in text
+            assert 'lsrcnn_output_pixels_total{model="lsrcnn-lite-x2",scale="2"} 3600.0' in text
             assert 'provider="CPUExecutionProvider"' in text
+            assert 'arch="lsrcnn"' in text
 
     run(main())
 
@@ -227,10 +230,11 @@ def test_concurrent_requests_are_batched_together() -> None:
             return (await c.get("/metrics")).text
 
     text = run(main())
+    x2 = '{model="lsrcnn-lite-x2",scale="2"}'
     count = next(line for line in text.splitlines()
-                 if line.startswith('lsrcnn_batch_size_count{scale="2"}'))
+                 if line.startswith(f"lsrcnn_batch_size_count{x2}"))
     total = next(line for line in text.splitlines()
-                 if line.startswith('lsrcnn_batch_size_sum{scale="2"}'))
+                 if line.startswith(f"lsrcnn_batch_size_sum{x2}"))
     batches, tiles = float(count.split()[-1]), float(total.split()[-1])
     assert tiles == 8 and batches < 8  # tiles of different requests shared a model call
 
@@ -240,11 +244,11 @@ class BrokenOnce(Engine):
         super().__init__(settings)
         self.armed = False
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.armed:
             self.armed = False
             raise EngineError("injected failure")
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def test_engine_error_is_a_500_and_the_next_request_works() -> None:
@@ -281,10 +285,10 @@ class SlowWhenArmed(Engine):
 
     armed = False
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         if self.armed:
             time.sleep(0.2)
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def test_deadline_is_504() -> None:
@@ -315,8 +319,9 @@ def test_too_much_work_is_413_before_decoding_with_the_largest_input() -> None:
             assert r.status_code == 413
             assert "largest input that can finish is about" in _error(r)["error"]
             text = (await c.get("/metrics")).text
-            assert 'lsrcnn_rejected_total{reason="too_large",scale="2"} 1.0' in text
-            assert 'lsrcnn_tiles_total{scale="2"}' not in text  # no model work at all
+            assert ('lsrcnn_rejected_total{model="lsrcnn-lite-x2",reason="too_large",scale="2"}'
+                    ' 1.0') in text
+            assert 'lsrcnn_tiles_total{' not in text  # no model work at all
 
     run(main())
 
@@ -350,10 +355,11 @@ def test_client_that_leaves_is_withdrawn() -> None:
             assert left.is_set()
             assert sent[0]["status"] == 499
             text = generate_latest(app.state.metrics.registry).decode()
+            x2 = '{model="lsrcnn-lite-x2",scale="2"}'
             withdrawn = next(line for line in text.splitlines()
-                             if line.startswith('lsrcnn_withdrawn_tiles_total{scale="2"}'))
+                             if line.startswith(f"lsrcnn_withdrawn_tiles_total{x2}"))
             ran = next(line for line in text.splitlines()
-                       if line.startswith('lsrcnn_tiles_total{scale="2"}'))
+                       if line.startswith(f"lsrcnn_tiles_total{x2}"))
             assert float(withdrawn.split()[-1]) > 100  # of 324 tiles, most never ran
             assert float(ran.split()[-1]) < 324 - 100
 
@@ -402,11 +408,11 @@ def test_chunked_bodies_over_the_limit_are_413_raw_and_multipart() -> None:
     run(main())
 
 
-def test_required_gpu_missing_means_not_ready() -> None:
-    from app.engine import cuda_available
+def test_required_gpu_missing_means_not_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import fake_providers
 
-    if cuda_available():
-        pytest.skip("checks the behaviour without a GPU")
+    fake_providers(monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                   ["CPUExecutionProvider"])
 
     async def main() -> None:
         async with running(make_app(providers="cuda")) as c:
@@ -414,6 +420,28 @@ def test_required_gpu_missing_means_not_ready() -> None:
             assert r.status_code == 503 and "CUDA required" in r.json()["reason"]
             r = await c.post("/upscale?scale=2", content=b"x", headers=PNG)
             assert r.status_code == 503
+
+    run(main())
+
+
+def test_upscale_picks_a_model_by_name_or_by_scale_with_the_same_answer() -> None:
+    body = png_bytes(set5_crop("head", (0, 0, 40, 30)))
+
+    async def main() -> None:
+        async with running(make_app()) as c:
+            by_scale = await c.post("/upscale?scale=3", content=body, headers=PNG)
+            by_name = await c.post("/upscale?model=lsrcnn-lite-x3", content=body, headers=PNG)
+            both = await c.post("/upscale?model=lsrcnn-lite-x3&scale=3", content=body,
+                                headers=PNG)
+            assert by_scale.status_code == by_name.status_code == both.status_code == 200
+            assert by_name.content == by_scale.content == both.content
+            assert Image.open(io.BytesIO(by_name.content)).size == (120, 90)
+            r = await c.post("/upscale?model=lsrcnn-lite-x3&scale=2", content=body, headers=PNG)
+            assert r.status_code == 422 and "upscales x3, not x2" in _error(r)["error"]
+            r = await c.post("/upscale?model=nope", content=body, headers=PNG)
+            assert r.status_code == 422 and "no ready model named 'nope'" in _error(r)["error"]
+            ready = (await c.get("/health/ready")).json()
+            assert ready["models"] == ["lsrcnn-lite-x2", "lsrcnn-lite-x3", "lsrcnn-lite-x4"]
 
     run(main())
 

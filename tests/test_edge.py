@@ -30,9 +30,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 class Counting(Engine):
     calls = 0
 
-    def run(self, scale: int, x: np.ndarray) -> np.ndarray:
+    def run(self, name: str, x: np.ndarray) -> np.ndarray:
         self.calls += 1
-        return super().run(scale, x)
+        return super().run(name, x)
 
 
 def _wide(mode: str, fmt: str, w: int, **kw: object) -> bytes:
@@ -258,7 +258,8 @@ def test_a_failed_model_call_logs_the_cause_traceback_and_request_ids(caplog) ->
         app = make_app(max_batch_size=4)
         async with running(app) as c:
             engine = app.state.upscaler.engine
-            engine.sessions[2] = FailingSession(engine.sessions[2])
+            name = engine.model_for(2)
+            engine.sessions[name] = FailingSession(engine.sessions[name])
             rs = await asyncio.gather(*(
                 c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8, seed=i)),
                        headers={**PNG, "x-request-id": f"fail-{i}"}) for i in range(2)))

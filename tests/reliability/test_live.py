@@ -166,7 +166,11 @@ def test_schemathesis_finds_no_contract_breach(server: str, tmp_path: Path) -> N
     st = Path(__import__("sys").executable).parent / "st"
     done = subprocess.run(
         [str(st), "run", f"{server}/openapi.json", "--checks", checks, "-n", "60",
-         "--workers", "1", "--seed", "8", "--no-color"],
+         "--workers", "1", "--seed", "8", "--no-color",
+         # The KServe v2 model paths take model names and tensors that no schema can
+         # generate (generated data meets 404 and 400 and schemathesis warns); their
+         # parsing and answers are tested with tritonclient and the codec's own tests.
+         "--exclude-path-regex", "^/v2/models/"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     print(done.stdout[-1500:])
     assert done.returncode == 0, done.stdout[-4000:]
