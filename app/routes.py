@@ -73,7 +73,9 @@ async def _read_image(request: Request) -> bytes:
             raise ApiError(422, f"multipart body needs a file field named '{FILE_FIELD}'")
         return await upload.read()
     if ctype.startswith(RAW_TYPES):
-        return await request.body()
+        # Read without request.body()'s cache: the only reference is the caller's, so the
+        # body's memory goes as soon as the image is decoded.
+        return b"".join([chunk async for chunk in request.stream()])
     raise ApiError(415, "send the image as the body with Content-Type image/*, "
                         f"or as multipart/form-data field '{FILE_FIELD}'")
 
@@ -107,6 +109,7 @@ async def upscale(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + up.settings.request_timeout_s - (time.perf_counter() - arrived)
     work = up.upscale(data, scale, format, quality, deadline, request_id(request), model=name)
+    del data  # the pipeline holds it until the image is decoded
     result = await _unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)

@@ -235,6 +235,7 @@ class Upscaler:
         scale = self.engine.models[name].scale
         t0 = time.perf_counter()
         probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
+        del data  # the probe's file holds the bytes until they are decoded
         out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
         plan = self.plan(name, *probed.size)
         job = self._admit(name, plan, deadline, request_id)
