@@ -52,14 +52,8 @@ async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, 
     job = sched.admit(plan, math.inf, job_id, priority=BACKGROUND)
     on_admit(job)
     try:
-        decoded = await asyncio.to_thread(imaging.load, probed)
+        canvas = await up.canvas_for(name, probed, job)
         del probed  # the canvas keeps its own copy of the pixels
-        image = decoded.image
-        if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
-            plan = up.plan(name, image.height, image.width)
-            job.plan = plan
-        canvas = Canvas(image, plan, scale)
-        del image, decoded
         await sched.run(job, canvas.tile, canvas.paste)
     finally:
         sched.release(job)

@@ -225,6 +225,15 @@ class Upscaler:
                                  min_tiles=max(1, self.schedulers[model].free_workers()),
                                  multiple=s.resolved_multiple(on_gpu))
 
+    async def canvas_for(self, name: str, probed: imaging.Probe, job: Job) -> Canvas:
+        """Decode a probed image into the canvas its job's tiles run into; the plan is made
+        again if EXIF orientation turned the image."""
+        decoded = await asyncio.to_thread(imaging.load, probed)
+        image = decoded.image
+        if (image.height, image.width) != (job.plan.height, job.plan.width):
+            job.plan = self.plan(name, image.height, image.width)
+        return Canvas(image, job.plan, self.engine.models[name].scale)
+
     async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
                       deadline: float, request_id: str = "", *, model: str | None = None
                       ) -> Result:
@@ -240,14 +249,9 @@ class Upscaler:
         plan = self.plan(name, *probed.size)
         job = self._admit(name, plan, deadline, request_id)
         try:
-            decoded = await asyncio.to_thread(imaging.load, probed)
+            canvas = await self.canvas_for(name, probed, job)
             del probed  # the canvas keeps its own copy of the pixels
-            image = decoded.image
-            if (image.height, image.width) != (plan.height, plan.width):  # EXIF rotation
-                plan = self.plan(name, image.height, image.width)
-                job.plan = plan
-            canvas = Canvas(image, plan, scale)
-            del image, decoded
+            plan = job.plan
             t1, loop_t1 = time.perf_counter(), asyncio.get_running_loop().time()
             await sched.run(job, canvas.tile, canvas.paste)
         finally:
