@@ -15,7 +15,7 @@ from typing import IO
 
 from app import imaging
 from app.canvas import Canvas
-from app.scheduler import BACKGROUND, Job, TooLarge
+from app.scheduler import BACKGROUND, Job
 from app.spool import Spool
 from app.tiling import TilePlan
 from app.upscaler import Upscaler, _malloc_trim
@@ -33,9 +33,7 @@ def check(up: Upscaler, data: bytes, scale: int, fmt: str | None
     probed = imaging.probe(data, *job_limits(up), scale, fmt)
     name = up.resolve(scale)
     plan = up.plan(name, *probed.size)
-    limit = up.schedulers[name].max_tiles
-    if plan.count > limit:
-        raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is {limit}")
+    up.schedulers[name].check_tiles(plan)
     return probed, plan
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from app import spool
 from app.errors import ApiError
 from app.jobs import Entry, JobManager, SpoolFull
-from app.routes import UPSCALE_BODY, _authorize, _errors, _read_image, _upscaler
+from app.routes import UPSCALE_BODY, _authorize, _errors, _read_image, _upscaler, ready_model
 
 router = APIRouter()
 
@@ -52,11 +52,7 @@ async def create_job(
 ) -> JSONResponse:
     _authorize(request)
     up = _upscaler(request)
-    if not up.ready:
-        raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
-    scale = up.settings.default_scale if scale is None else scale
-    if scale not in up.scales:
-        raise ApiError(422, f"scale must be one of {up.scales}")
+    scale = up.engine.models[ready_model(up, scale)].scale
     data = await _read_image(request)
     jobs = _jobs(request)
     try:

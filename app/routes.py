@@ -64,6 +64,17 @@ def _authorize(request: Request) -> None:
         raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
 
+def ready_model(up: Upscaler, scale: int | None, model: str | None = None) -> str:
+    """The model a request asks for: 503 before the service is ready, 422 for a scale or
+    name with no ready model, or a name and a scale that disagree."""
+    if not up.ready:
+        raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
+    try:
+        return up.resolve(scale, model)
+    except ValueError as err:
+        raise ApiError(422, str(err)) from None
+
+
 async def _read_image(request: Request) -> bytes:
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
@@ -96,12 +107,7 @@ async def upscale(
 ) -> Response:
     _authorize(request)
     up = _upscaler(request)
-    if not up.ready:
-        raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
-    try:
-        name = up.resolve(scale, model)
-    except ValueError as err:
-        raise ApiError(422, str(err)) from None
+    name = ready_model(up, scale, model)
     scale = up.engine.models[name].scale
     up.schedulers[name].refuse_early()  # a full queue answers before the body is read
     data = await _read_image(request)

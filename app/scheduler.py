@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -122,7 +122,6 @@ class Job:
     started_at: float | None = None  # when its first tile began
     cancelled: bool = False
     error: BaseException | None = None
-    batches: set[int] = field(default_factory=set)
     tag: str = ""  # the request id, for logs
     priority: int = SYNC
 
@@ -143,9 +142,7 @@ class BatchRecord:
     padded: int  # tiles in the model call
     jobs: int
     seconds: float  # worker seconds: cut, model call, paste
-    pixels: int  # model pixels of the real tiles
-    cancelled_tiles: int  # tiles whose job was withdrawn while they ran
-    cancelled_s: float  # their share of the worker seconds
+    cancelled_s: float  # the share of tiles whose job was withdrawn while they ran
 
 
 @dataclass
@@ -242,15 +239,20 @@ class Scheduler:
                 hi = mid - 1
         return lo
 
+    def check_tiles(self, plan: TilePlan) -> None:
+        """TooLarge when one request's plan has more tiles than allowed: a guard on the
+        estimate, whatever the queue holds."""
+        if plan.count > self.max_tiles:
+            raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is "
+                           f"{self.max_tiles}")
+
     def admit(self, plan: TilePlan, deadline: float, tag: str = "",
               priority: int = SYNC) -> Job:
         """Reserve the work of a plan, or refuse it at once (TooLarge, Busy). Background
         jobs are refused only for their tile count or a closed scheduler."""
         if self._closed:
             raise Busy("shutting down", 5)
-        if plan.count > self.max_tiles:
-            raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is "
-                           f"{self.max_tiles}")
+        self.check_tiles(plan)
         if priority != SYNC:
             job = Job(plan, deadline, tag=tag, priority=priority)
             self._jobs.add(job)
@@ -399,7 +401,6 @@ class Scheduler:
         for job, _, _ in batch:
             if job.started_at is None:
                 job.started_at = now
-            job.batches.add(batch_id)
         try:
             seconds, padded = await loop.run_in_executor(self._executor, self._work, batch)
         except Exception as err:
@@ -415,7 +416,6 @@ class Scheduler:
             self._busy -= 1
             self._dispatch()
         jobs = [job for job, _, _ in batch]
-        pixels = sum(job.plan.tile_h * job.plan.tile_w for job in jobs)
         self.cost.observe(*jobs[0].plan.shape, padded, seconds)
         for job in jobs:
             job.done += 1
@@ -424,7 +424,7 @@ class Scheduler:
                 job.done_future.set_result(None)
         gone = sum(job.cancelled for job in jobs)
         self.on_batch(BatchRecord(batch_id, len(batch), padded, len(set(jobs)), seconds,
-                                  pixels, gone, seconds * gone / len(batch)))
+                                  seconds * gone / len(batch)))
 
     def _fail(self, job: Job, err: BaseException) -> None:
         job.error = err

@@ -161,7 +161,7 @@ class Upscaler:
             workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),
             batch_sizes=s.batch_sizes(on_gpu), max_tiles=s.max_tiles_per_request,
             queue_limit=s.queue_limit, timeout_s=s.request_timeout_s,
-            headroom=s.admission_headroom, name=name, planner=self._planner(),
+            headroom=s.admission_headroom, name=name, planner=self._plan,
             on_batch=lambda rec: self._record_batch(labels, rec),
             on_withdraw=lambda job: self._record_withdraw(labels, job))
         self.metrics.watch(labels, sched)
@@ -214,16 +214,15 @@ class Upscaler:
             self.metrics.rejected.labels(*self._labels(name), reason).inc()
             raise
 
-    def _planner(self) -> Callable[[int, int], tiling.TilePlan]:
-        s, m = self.settings, self.settings.resolved_multiple(self.engine.on_gpu)
-        return lambda h, w: tiling.plan_tiles(h, w, s.tile_size, s.tile_overlap, multiple=m)
+    def _plan(self, height: int, width: int, min_tiles: int = 1) -> tiling.TilePlan:
+        """The service's tile plan for an image: its settings, on this device."""
+        s = self.settings
+        return tiling.plan_tiles(height, width, s.tile_size, s.tile_overlap, min_tiles,
+                                 s.resolved_multiple(self.engine.on_gpu))
 
     def plan(self, model: str, height: int, width: int) -> tiling.TilePlan:
         """The cheapest grid; spread over the workers nothing is waiting for."""
-        s, on_gpu = self.settings, self.engine.on_gpu
-        return tiling.plan_tiles(height, width, s.tile_size, s.tile_overlap,
-                                 min_tiles=max(1, self.schedulers[model].free_workers()),
-                                 multiple=s.resolved_multiple(on_gpu))
+        return self._plan(height, width, max(1, self.schedulers[model].free_workers()))
 
     async def canvas_for(self, name: str, probed: imaging.Probe, job: Job) -> Canvas:
         """Decode a probed image into the canvas its job's tiles run into; the plan is made
@@ -290,7 +289,7 @@ class Upscaler:
             raise TooLarge(f"{n} images of {h}x{w} at x{scale}: over the limits of "
                            f"{limits.max_input_pixels} input pixels per image and "
                            f"{limits.max_output_pixels} output pixels per request")
-        plan = self._planner()(h, w)
+        plan = self._plan(h, w)
         jobs: list[Job] = []
         try:
             for k in range(n):
@@ -325,8 +324,8 @@ class Upscaler:
 
     def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,
                 icc: bytes | None) -> None:
-        """In a thread: encode into the stream, then hand freed memory back when it was a
-        big answer or the last work."""
+        """In a thread: encode into the stream, then hand freed memory back at once after a
+        big answer; smaller ones leave it to the idle-time trim."""
         try:
             canvas.encode(stream, fmt, quality, icc, self.settings.png_compress_level)
             stream.finish()
