@@ -106,7 +106,7 @@ class JobManager:
 
     async def submit(self, data: bytes, scale: int, fmt: str | None, quality: int
                      ) -> JobState:
-        """Check (400/413/415/422 from the header), spool durably, queue."""
+        """Check (400/413/415/422 from the header and a decode), spool durably, queue."""
         probed, plan = background.check(self.up, data, scale, fmt)
         if self.bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full ({self.bytes} of {self.max_bytes} bytes)",
@@ -114,6 +114,9 @@ class JobManager:
         state = JobState(new_id(), scale, fmt, quality,
                          imaging.output_format(fmt, probed.format), plan.count, plan.tile_h,
                          plan.tile_w, len(data))
+        # Decoded once now, as /upscale would before its model work, so that a corrupt or
+        # truncated body is a 400 here rather than a job that fails later.
+        await asyncio.to_thread(imaging.load, probed)
         del probed
         self._reserved += len(data)
         try:
