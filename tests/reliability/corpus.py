@@ -152,6 +152,15 @@ def bad_params() -> dict[str, tuple[int, str]]:
         "quality=101", "quality=abc", "scale=2&quality=-1")}
 
 
+def model_params() -> list[Case]:
+    """`model=` on /upscale: an unknown name, an empty one, or one whose scale disagrees."""
+    return [case for name, query in (
+        ("unknown model", "model=nope-x9"), ("empty model", "model="),
+        ("model and scale disagree", "model=lsrcnn-lite-x3&scale=2"),
+        ("model of a scale not served", "model=lsrcnn-lite-x8"))
+        for case in _both("model-param", name, 422, good_png(), query)]
+
+
 def multipart(data: bytes, field_name: str = "file", ctype: str = "image/png") -> bytes:
     return (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; '
             f'filename="x"\r\nContent-Type: {ctype}\r\n\r\n').encode() + data + \
