@@ -18,7 +18,7 @@ from app.canvas import Canvas
 from app.scheduler import BACKGROUND, Job
 from app.spool import Spool
 from app.tiling import TilePlan
-from app.upscaler import Upscaler, _malloc_trim
+from app.upscaler import AUTO, Upscaler, _malloc_trim
 
 
 def job_limits(up: Upscaler) -> tuple[int, int]:
@@ -27,24 +27,25 @@ def job_limits(up: Upscaler) -> tuple[int, int]:
     return s.job_max_input_pixels, s.job_max_output_pixels or s.max_output_pixels
 
 
-def check(up: Upscaler, data: bytes, scale: int, fmt: str | None
-          ) -> tuple[imaging.Probe, TilePlan]:
-    """Everything the header decides (400, 413, 415, 422), before the job is accepted."""
+def check(up: Upscaler, data: bytes, scale: int, fmt: str | None, model: str | None = None,
+          kind: str = AUTO) -> tuple[imaging.Probe, TilePlan, str]:
+    """Everything the header decides (400, 413, 415, 422), before the job is accepted; the
+    model is chosen here, as /upscale chooses it (by name, else by kind and the image)."""
     probed = imaging.probe(data, *job_limits(up), scale, fmt)
-    name = up.resolve(scale)
+    name = up.resolve(scale, model, kind, probed.jpeg_quality)
     plan = up.plan(name, *probed.size)
     up.schedulers[name].check_tiles(plan)
-    return probed, plan
+    return probed, plan, name
 
 
 async def upscale_to_file(up: Upscaler, spool: Spool, job_id: str, data: bytes, scale: int,
-                          fmt: str | None, quality: int,
+                          fmt: str | None, quality: int, model: str | None,
                           on_admit: Callable[[Job], None]) -> int:
-    """Upscale a spooled input into the job's result file; its size in bytes.
-    `on_admit` gets the scheduler's job (its `done` / `total` are the progress)."""
-    name = up.resolve(scale)
+    """Upscale a spooled input into the job's result file with the model chosen at
+    submission; its size in bytes. `on_admit` gets the scheduler's job (its `done` /
+    `total` are the progress)."""
+    probed, plan, name = check(up, data, scale, fmt, model)
     sched = up.schedulers[name]
-    probed, plan = check(up, data, scale, fmt)
     del data
     out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
     job = sched.admit(plan, math.inf, job_id, priority=BACKGROUND)

@@ -15,6 +15,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app import jpeg_quality
+
 # Colour conversion has one home, the model contract; the canvas reaches it through here.
 from model.contract import gray_to_y, rgb_to_ycbcr, y_to_gray, ycbcr_to_rgb
 
@@ -113,6 +115,7 @@ class Probe:
     image: Image.Image
     format: str | None
     icc_profile: bytes | None
+    jpeg_quality: int | None = None  # estimated from a JPEG's tables; None for other formats
 
     @property
     def size(self) -> tuple[int, int]:
@@ -126,7 +129,8 @@ def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int,
     allocated. `requested` is the output format asked for (None: the input's default)."""
     img = _open(data)
     check(img, max_pixels, max_output_pixels, scale, requested)
-    return Probe(img, (img.format or "").lower() or None, img.info.get("icc_profile"))
+    return Probe(img, (img.format or "").lower() or None, img.info.get("icc_profile"),
+                 jpeg_quality.of_image(img))
 
 
 def load(probed: Probe) -> Decoded:

@@ -11,7 +11,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from app import spool
 from app.errors import ApiError
 from app.jobs import Entry, JobManager, SpoolFull
-from app.routes import UPSCALE_BODY, _authorize, _errors, _read_image, _upscaler, ready_model
+from app.routes import (
+    KIND_QUERY,
+    MODEL_QUERY,
+    UPSCALE_BODY,
+    _authorize,
+    _errors,
+    _read_image,
+    _upscaler,
+    ready_model,
+)
 
 router = APIRouter()
 
@@ -24,7 +33,8 @@ _JOB = {"content": {"application/json": {"schema": {
                                               "cancelled"]},
         "progress": {"type": "number"}, "tiles_done": {"type": "integer"},
         "tiles_total": {"type": "integer"}, "eta_s": {"type": "number"},
-        "scale": {"type": "integer"}, "format": {"type": "string"},
+        "scale": {"type": "integer"}, "model": {"type": "string"},
+        "format": {"type": "string"},
         "error": {"type": "string"}, "result_url": {"type": "string"}}}}}}
 _404 = {404: {**_errors(400)[400], "description": "no such job (or it expired)"}}
 
@@ -46,17 +56,19 @@ def _entry(request: Request, job_id: str) -> Entry:
 async def create_job(
     request: Request,
     scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting)"),
+    model: str | None = MODEL_QUERY,
+    kind: Literal["auto", "clean", "photo"] = KIND_QUERY,
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
 ) -> JSONResponse:
     _authorize(request)
     up = _upscaler(request)
-    scale = up.engine.models[ready_model(up, scale)].scale
+    scale = up.engine.models[ready_model(up, scale, model, kind)].scale
     data = await _read_image(request)
     jobs = _jobs(request)
     try:
-        state = await jobs.submit(data, scale, format, quality)
+        state = await jobs.submit(data, scale, format, quality, model, kind)
     except SpoolFull as err:
         raise ApiError(503, f"busy: {err}; retry later",
                        {"Retry-After": str(err.retry_after_s)}) from None

@@ -27,7 +27,7 @@ from app.imaging import ImageError
 from app.metrics import Metrics
 from app.scheduler import Busy, Job, TooLarge
 from app.spool import JobState, Spool, new_id
-from app.upscaler import Upscaler
+from app.upscaler import AUTO, UnknownModel, Upscaler
 
 log = logging.getLogger("app.jobs")
 
@@ -104,16 +104,17 @@ class JobManager:
 
     # -- the API -----------------------------------------------------------------------
 
-    async def submit(self, data: bytes, scale: int, fmt: str | None, quality: int
-                     ) -> JobState:
-        """Check (400/413/415/422 from the header and a decode), spool durably, queue."""
-        probed, plan = background.check(self.up, data, scale, fmt)
+    async def submit(self, data: bytes, scale: int, fmt: str | None, quality: int,
+                     model: str | None = None, kind: str = AUTO) -> JobState:
+        """Check (400/413/415/422 from the header and a decode), choose the model, spool
+        durably, queue."""
+        probed, plan, name = background.check(self.up, data, scale, fmt, model, kind)
         if self.bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full ({self.bytes} of {self.max_bytes} bytes)",
                             max(5, math.ceil(self.backlog_s())))
         state = JobState(new_id(), scale, fmt, quality,
                          imaging.output_format(fmt, probed.format), plan.count, plan.tile_h,
-                         plan.tile_w, len(data))
+                         plan.tile_w, len(data), model=name)
         # Decoded once now, as /upscale would before its model work, so that a corrupt or
         # truncated body is a 400 here rather than a job that fails later.
         await asyncio.to_thread(imaging.load, probed)
@@ -167,7 +168,7 @@ class JobManager:
             "id": st.id, "status": st.status,
             "progress": round(done / total, 4) if total else float(st.status == "done"),
             "tiles_done": done, "tiles_total": total, "eta_s": round(self._eta_s(entry), 1),
-            "scale": st.scale, "format": st.out_format}
+            "scale": st.scale, "model": self._model_of(st), "format": st.out_format}
         if st.error:
             body["error"] = st.error
         if st.status == "done":
@@ -179,13 +180,18 @@ class JobManager:
     def _left_s(self, entry: Entry) -> float:
         """Wall seconds of model work left for a job, all workers on it."""
         st = entry.state
-        name = self.up.engine.model_for(st.scale)
+        name = self._model_of(st)
         sched = self.up.schedulers.get(name) if name is not None else None
         if sched is None or st.status in FINISHED:
             return 0.0
         if entry.job is not None:
             return sched.remaining_s(entry.job) / sched.workers
         return sched.cost.seconds(st.tile_h, st.tile_w, st.tiles_total) / sched.workers
+
+    def _model_of(self, st: JobState) -> str | None:
+        """The job's model: chosen at submission; a job spooled by an older version that
+        did not record it runs with its scale's clean model."""
+        return st.model or self.up.engine.model_for(st.scale)
 
     def _eta_s(self, entry: Entry) -> float:
         if entry.state.status != "queued":
@@ -230,11 +236,11 @@ class JobManager:
             data = await asyncio.to_thread(self.spool.read_input, st.id)
             size = await background.upscale_to_file(
                 self.up, self.spool, st.id, data, st.scale, st.format, st.quality,
-                on_admit=lambda job: setattr(entry, "job", job))
+                self._model_of(st), on_admit=lambda job: setattr(entry, "job", job))
         except Busy:  # the scheduler is stopping: the next start runs it again
             log.info("job %s interrupted by the shutdown", st.id)
             return
-        except (ImageError, TooLarge) as err:
+        except (ImageError, TooLarge, UnknownModel) as err:
             await self._finish(entry, "failed", getattr(err, "message", str(err)))
         except Exception:
             log.exception("job %s failed", st.id, extra={"fields": {"request_id": st.id}})

@@ -51,6 +51,10 @@ class ModelInfo:
     def arch(self) -> str:
         return self.descriptor.arch
 
+    @property
+    def kind(self) -> str:
+        return self.descriptor.kind
+
     def card(self) -> dict[str, str]:
         return dict(self.descriptor.card)
 
@@ -95,16 +99,21 @@ def wanted_preset(preset: str, on_gpu: bool) -> str:
     return preset if preset != "auto" else ("lsrcnn" if on_gpu else "lsrcnn-lite")
 
 
-def pick(models: list[ModelInfo] | list[ModelFile], scale: int, preset: str, on_gpu: bool
-         ) -> str | None:
-    """The name of the model that serves `scale` when a request names none: the wanted
-    preset where there is one, else the first of that scale; None if the scale has none."""
+def pick(models: list[ModelInfo] | list[ModelFile], scale: int, preset: str, on_gpu: bool,
+         kind: str = contract.CLEAN) -> str | None:
+    """The name of the model that serves `scale` when a request names none: of the wanted
+    kind (a clean model where there is none of it: a folder of photo models alone still
+    serves), the wanted preset where there is one, else the first; None if the scale has
+    no model, or `kind` is photo and the scale has no photo model."""
     of_scale = [m for m in models if m.descriptor.scale == scale]
+    of_kind = [m for m in of_scale if m.descriptor.kind == kind]
+    if not of_kind and kind == contract.CLEAN:
+        of_kind = of_scale
     wanted = wanted_preset(preset, on_gpu)
-    for m in of_scale:
+    for m in of_kind:
         if m.descriptor.preset == wanted:
             return m.name
-    return of_scale[0].name if of_scale else None
+    return of_kind[0].name if of_kind else None
 
 
 def find(model_dir: Path, scale: int, preset: str = "lsrcnn-lite") -> ModelFile:

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from app import imaging
 from app.errors import ApiError, ErrorBody, request_id
-from app.upscaler import Upscaler
+from app.upscaler import AUTO, Upscaler
 
 router = APIRouter()
 T = TypeVar("T")
@@ -64,13 +64,21 @@ def _authorize(request: Request) -> None:
         raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
 
-def ready_model(up: Upscaler, scale: int | None, model: str | None = None) -> str:
-    """The model a request asks for: 503 before the service is ready, 422 for a scale or
-    name with no ready model, or a name and a scale that disagree."""
+KIND_QUERY = Query(AUTO, description="auto: a JPEG below LSRCNN_PHOTO_BELOW_QUALITY (estimated "
+                  "from its quantization tables) gets the photo model, anything else the clean "
+                  "one; clean or photo: that kind of model (GET /v1/models lists kinds)")
+MODEL_QUERY = Query(None, description="a model by name, e.g. lsrcnn-lite-x2 (GET /v1/models "
+                    "lists them); default: chosen by scale and kind")
+
+
+def ready_model(up: Upscaler, scale: int | None, model: str | None = None,
+                kind: str = AUTO) -> str:
+    """The model a request asks for, before its image is seen: 503 before the service is
+    ready, 422 for a scale, name or kind with no ready model, or ones that disagree."""
     if not up.ready:
         raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
     try:
-        return up.resolve(scale, model)
+        return up.resolve(scale, model, kind)
     except ValueError as err:
         raise ApiError(422, str(err)) from None
 
@@ -99,22 +107,23 @@ async def upscale(
     request: Request,
     scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting, "
                               "or the named model's)"),
-    model: str | None = Query(None, description="a model by name, e.g. lsrcnn-lite-x2 "
-                              "(GET /v1/models lists them); default: the model of the scale"),
+    model: str | None = MODEL_QUERY,
+    kind: Literal["auto", "clean", "photo"] = KIND_QUERY,
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
 ) -> Response:
     _authorize(request)
     up = _upscaler(request)
-    name = ready_model(up, scale, model)
+    name = ready_model(up, scale, model, kind)
     scale = up.engine.models[name].scale
     up.schedulers[name].refuse_early()  # a full queue answers before the body is read
     data = await _read_image(request)
     arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + up.settings.request_timeout_s - (time.perf_counter() - arrived)
-    work = up.upscale(data, scale, format, quality, deadline, request_id(request), model=name)
+    work = up.upscale(data, scale, format, quality, deadline, request_id(request), model=model,
+                      kind=kind)
     del data  # the pipeline holds it until the image is decoded
     result = await _unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics
@@ -122,7 +131,7 @@ async def upscale(
     timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
     # Streamed as it is encoded (chunked): the whole encoded image is never held at once.
     return StreamingResponse(result.chunks, media_type=result.media_type, headers={
-        "Server-Timing": timing, "X-Tiles": str(result.tiles),
+        "Server-Timing": timing, "X-Model": result.model, "X-Tiles": str(result.tiles),
         "X-Tile-Overhead": f"{result.overhead:.3f}"})
 
 
@@ -188,6 +197,7 @@ async def models(request: Request) -> dict:
     up = _upscaler(request)
     return {"models": [
         {"name": info.name, "arch": info.arch, "scale": info.scale, "preset": info.preset,
+         "kind": info.kind,
          "provider": info.provider, "file": info.path.name, "ready": up.model_ready(info.name),
          "default_for_scale": up.engine.model_for(info.scale) == info.name, "card": info.card()}
         for info in (up.engine.models[name] for name in up.models)]}

@@ -13,12 +13,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
 
+# Measured on Set5 and Set14 (model/weights/README.md): below this JPEG quality the photo
+# model beats the clean one.
+PHOTO_BELOW_QUALITY = 90
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LSRCNN_", env_file=None)
 
     # Models
     model_dir: Path = Field(BUNDLED_MODELS, description="folder of *.onnx models")
     default_scale: int = Field(2, description="scale used when a request names none")
+    photo_below_quality: int = Field(
+        PHOTO_BELOW_QUALITY, ge=0, le=101,
+        description="a JPEG whose estimated quality (from its quantization tables) is below "
+                    "this goes to the photo model of its scale when the request names no "
+                    "model; everything else to the clean one (0: never, 101: every JPEG)")
     preset: str = Field("auto", description="preset where several files serve one scale: "
                         "auto = lsrcnn on the GPU, lsrcnn-lite on the CPU")
     # Execution

@@ -53,6 +53,7 @@ class JobState:
     finished: float | None = None  # outlive restarts
     error: str | None = None
     result_bytes: int = 0
+    model: str | None = None  # chosen at submission (state files of older versions lack it)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

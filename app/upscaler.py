@@ -50,6 +50,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     tiles: int = 0
     overhead: float = 1.0  # model pixels / image pixels
+    model: str = ""  # the model that made it
 
 
 def upscale_direct(engine: Engine, image: Image.Image, model: str, settings: Settings
@@ -66,6 +67,11 @@ def upscale_direct(engine: Engine, image: Image.Image, model: str, settings: Set
 
 class UnknownModel(LookupError):
     """No ready model of that name or scale."""
+
+
+# What a request may ask for by `kind`: a kind of model, or `auto` (chosen per image).
+AUTO = "auto"
+KINDS = (AUTO, *contract.KINDS)
 
 
 class Upscaler:
@@ -92,22 +98,45 @@ class Upscaler:
     def model_ready(self, name: str) -> bool:
         return self.ready and name in self.schedulers
 
-    def resolve(self, scale: int | None = None, model: str | None = None) -> str:
-        """The model a request means: by name, else the one serving its scale (the
-        default scale when it names neither). UnknownModel when there is none; ValueError
-        when the name and the scale disagree."""
+    def resolve(self, scale: int | None = None, model: str | None = None, kind: str = AUTO,
+                jpeg_quality: int | None = None) -> str:
+        """The model a request means: by name, else the one of its kind serving its scale
+        (the default scale when it names neither). With `kind` auto, a JPEG whose estimated
+        quality is below LSRCNN_PHOTO_BELOW_QUALITY gets the scale's photo model, anything
+        else the clean one. UnknownModel when there is none; ValueError when the name, the
+        scale or the kind disagree."""
         if model is not None:
             if model not in self.schedulers:
                 raise UnknownModel(f"no ready model named {model!r}; ready: {self.models}")
-            if scale is not None and self.engine.models[model].scale != scale:
-                raise ValueError(f"model {model} upscales x{self.engine.models[model].scale}, "
-                                 f"not x{scale}")
+            info = self.engine.models[model]
+            if scale is not None and info.scale != scale:
+                raise ValueError(f"model {model} upscales x{info.scale}, not x{scale}")
+            if kind != AUTO and info.kind != kind:
+                raise ValueError(f"model {model} is a {info.kind} model, not {kind}")
             return model
         scale = self.settings.default_scale if scale is None else scale
         name = self.engine.model_for(scale)
         if name is None or name not in self.schedulers:
             raise UnknownModel(f"scale must be one of {self.scales}")
+        auto = kind == AUTO
+        if auto:
+            kind = self.auto_kind(jpeg_quality)
+        if kind == contract.CLEAN and self.engine.models[name].kind != contract.CLEAN:
+            raise UnknownModel(f"no clean model for x{scale}")
+        if kind == contract.PHOTO:
+            photo = self.engine.model_for(scale, contract.PHOTO)
+            if photo is None or photo not in self.schedulers:
+                if auto:  # a scale with no photo model: the clean one serves every image
+                    return name
+                raise UnknownModel(f"no photo model for x{scale}")
+            return photo
         return name
+
+    def auto_kind(self, jpeg_quality: int | None) -> str:
+        """The kind of model an image gets when the request leaves the choice to us."""
+        if jpeg_quality is not None and jpeg_quality < self.settings.photo_below_quality:
+            return contract.PHOTO
+        return contract.CLEAN
 
     def _labels(self, name: str) -> tuple[str, str]:
         """Metric labels of a model: its scale and its name."""
@@ -233,17 +262,18 @@ class Upscaler:
             job.plan = self.plan(name, image.height, image.width)
         return Canvas(image, job.plan, self.engine.models[name].scale)
 
-    async def upscale(self, data: bytes, scale: int, fmt: str | None, quality: int,
-                      deadline: float, request_id: str = "", *, model: str | None = None
-                      ) -> Result:
-        """An encoded image upscaled by the model named `model`, else by the one that
-        serves `scale`."""
-        name = self.resolve(scale, model)
-        s, sched, labels = self.settings, self.schedulers[name], self._labels(name)
-        scale = self.engine.models[name].scale
+    async def upscale(self, data: bytes, scale: int | None, fmt: str | None, quality: int,
+                      deadline: float, request_id: str = "", *, model: str | None = None,
+                      kind: str = AUTO) -> Result:
+        """An encoded image upscaled by the model named `model`, else by the one of `kind`
+        that serves `scale` (auto: chosen from the image's own JPEG tables)."""
+        s = self.settings
+        scale = self.engine.models[self.resolve(scale, model, kind)].scale
         t0 = time.perf_counter()
         probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
         del data  # the probe's file holds the bytes until they are decoded
+        name = self.resolve(scale, model, kind, probed.jpeg_quality)
+        sched, labels = self.schedulers[name], self._labels(name)
         out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
         plan = self.plan(name, *probed.size)
         job = self._admit(name, plan, deadline, request_id)
@@ -269,7 +299,7 @@ class Upscaler:
                    "tiles": t2 - t1, "first-byte": time.perf_counter() - t2}
         self._record_pixels(labels, plan, scale, timings["queue"])
         return Result(_prepend(first, chunks), imaging.MEDIA_TYPES[out_fmt], timings,
-                      plan.count, plan.overhead)
+                      plan.count, plan.overhead, name)
 
     async def infer(self, model: str, x: np.ndarray, deadline: float, request_id: str = ""
                     ) -> np.ndarray:

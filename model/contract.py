@@ -100,10 +100,14 @@ def check_input(shape: tuple[int, ...]) -> None:
 
 # -- metadata ----------------------------------------------------------------------------
 
-SCALE, PRESET, ARCH = "scale", "preset", "arch"
+SCALE, PRESET, ARCH, KIND = "scale", "preset", "arch", "kind"
 DEFAULT_ARCH = "lsrcnn"  # the only architecture so far; older files do not say
+# What a model was trained for: "clean" (the protocol's bicubic downscale; files that do not
+# say are clean) or "photo" (blur, resize kernels, noise and JPEG: model.degrade).
+CLEAN, PHOTO = "clean", "photo"
+KINDS = (CLEAN, PHOTO)
 CARD_KEYS = ("parameters", "macs_per_lr_pixel", "training_data", "iterations",
-             "validation_set", "validation_psnr")
+             "validation_set", "validation_psnr", "degradations", "recipe")
 CONFIG = "config"  # the network config as JSON (the exporter's record; not needed to serve)
 INPUT_NOTE = "float32 [N,1,H,W]: BT.601 studio-range Y / 255"
 OUTPUT_NOTE = "float32 [N,1,scale*H,scale*W], same range, not clamped"
@@ -121,15 +125,19 @@ class ModelDescriptor:
     preset: str
     arch: str = DEFAULT_ARCH
     card: dict[str, str] = field(default_factory=dict, compare=False)
+    kind: str = CLEAN
 
     @property
     def name(self) -> str:
-        return f"{self.preset}-x{self.scale}"
+        """`<preset>-x<scale>` for clean models, `<preset>-<kind>-x<scale>` for the others."""
+        if self.kind == CLEAN:
+            return f"{self.preset}-x{self.scale}"
+        return f"{self.preset}-{self.kind}-x{self.scale}"
 
     def metadata(self) -> dict[str, str]:
         """The metadata_props that state this descriptor (what the exporter writes)."""
         return {SCALE: str(self.scale), PRESET: self.preset, ARCH: self.arch,
-                "input": INPUT_NOTE, "output": OUTPUT_NOTE, **self.card}
+                KIND: self.kind, "input": INPUT_NOTE, "output": OUTPUT_NOTE, **self.card}
 
 
 def describe(meta: Mapping[str, str]) -> ModelDescriptor:
@@ -146,5 +154,8 @@ def describe(meta: Mapping[str, str]) -> ModelDescriptor:
     if not preset:
         raise ContractError(f"no '{PRESET}' in its metadata")
     arch = meta.get(ARCH, "").strip() or DEFAULT_ARCH
+    kind = meta.get(KIND, "").strip() or CLEAN
+    if kind not in KINDS:
+        raise ContractError(f"'{KIND}' must be one of {list(KINDS)}, got {kind!r}")
     card = {k: meta[k] for k in CARD_KEYS if k in meta}
-    return ModelDescriptor(scale, preset, arch, card)
+    return ModelDescriptor(scale, preset, arch, card, kind)

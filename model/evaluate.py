@@ -1,8 +1,10 @@
 """Evaluate by the standard SR protocol: `python -m model.evaluate HR_DIR [HR_DIR ...] --scale 2
---model a.onnx [b.onnx ...] [--json results.json]`.
+--model a.onnx [b.onnx ...] [--degrade clean jpeg:75 noise:5,jpeg:75] [--json results.json]`.
 
 Rows: bicubic (Pillow) and each ONNX model; columns: PSNR / SSIM on BT.601 Y with a border of
-`scale` pixels shaved. Prints a markdown table; writes JSON when asked.
+`scale` pixels shaved. `--degrade` makes the LR as a photo is made (`model.degrade`: blur:S
+before the bicubic downscale, then noise:S in 8-bit levels, then jpeg:Q by Pillow at 4:2:0),
+one table per degradation; the HR stays clean. Prints markdown; writes JSON when asked.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from model import contract
-from model.imaging import bicubic_down, bicubic_up, list_images, load_rgb, modcrop, y_of
+from model.degrade import Chain, parse_chain
+from model.imaging import bicubic_up, list_images, load_rgb, modcrop, y_of
 from model.quality import psnr, quantize, ssim
 
 
@@ -28,6 +32,7 @@ class Score:
     psnr: float
     ssim: float
     images: int
+    degrade: str = "clean"
 
 
 def onnx_scale(session: ort.InferenceSession) -> int:
@@ -42,12 +47,14 @@ def run_onnx(session: ort.InferenceSession, lr_y: np.ndarray) -> np.ndarray:
 
 
 def evaluate_folder(folder: str | Path, scale: int,
-                    models: dict[str, ort.InferenceSession] | None = None) -> list[Score]:
+                    models: dict[str, ort.InferenceSession] | None = None,
+                    chain: Chain | None = None) -> list[Score]:
     models = models or {}
+    chain = chain or Chain()
     per: dict[str, list[tuple[float, float]]] = {"bicubic": [], **{m: [] for m in models}}
-    for path in list_images(folder):
+    for i, path in enumerate(list_images(folder)):
         hr = modcrop(load_rgb(path), scale)
-        lr = bicubic_down(hr, scale)
+        lr = Image.fromarray(chain.apply(np.asarray(hr), scale, i))
         hr_y = y_of(hr)
         outputs = {"bicubic": quantize(y_of(bicubic_up(lr, scale)))}
         for name, session in models.items():
@@ -56,14 +63,15 @@ def evaluate_folder(folder: str | Path, scale: int,
             per[name].append((psnr(sr, hr_y, scale), ssim(sr, hr_y, scale)))
     dataset = Path(folder).name
     return [Score(name, dataset, scale, float(np.mean([p for p, _ in v])),
-                  float(np.mean([s for _, s in v])), len(v)) for name, v in per.items()]
+                  float(np.mean([s for _, s in v])), len(v), chain.name)
+            for name, v in per.items()]
 
 
 def markdown(scores: list[Score]) -> str:
     datasets = list(dict.fromkeys(s.dataset for s in scores))
     methods = list(dict.fromkeys(s.method for s in scores))
-    scale = scores[0].scale
-    lines = [f"| x{scale} | " + " | ".join(datasets) + " |",
+    scale, degrade = scores[0].scale, scores[0].degrade
+    lines = [f"| x{scale}, LR {degrade} | " + " | ".join(datasets) + " |",
              "|---|" + "---|" * len(datasets)]
     for m in methods:
         cells = []
@@ -79,16 +87,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("folders", nargs="+", help="folders of HR images (Set5, Set14, ...)")
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     p.add_argument("--model", nargs="*", default=[], help="ONNX files of this scale")
+    p.add_argument("--degrade", nargs="*", default=["clean"],
+                   help="LR degradations, one table each: clean, jpeg:75, noise:5,jpeg:75, "
+                        "blur:1.0 (model.degrade.parse_chain)")
     p.add_argument("--json", default=None, help="also write the scores here")
     args = p.parse_args(argv)
+    try:
+        chains = [parse_chain(text) for text in args.degrade]
+    except ValueError as err:
+        p.error(str(err))
     models = {}
     for path in args.model:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         if onnx_scale(session) != args.scale:
             p.error(f"{path} is a x{onnx_scale(session)} model, not x{args.scale}")
         models[Path(path).stem] = session
-    scores = [s for folder in args.folders for s in evaluate_folder(folder, args.scale, models)]
-    print(markdown(scores))
+    scores = []
+    for chain in chains:
+        table = [s for folder in args.folders
+                 for s in evaluate_folder(folder, args.scale, models, chain)]
+        print(markdown(table) + "\n")
+        scores += table
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=2) + "\n")
 

@@ -43,7 +43,14 @@ def descriptor(model: LSRCNN, ckpt: dict) -> contract.ModelDescriptor:
         "validation_set": str(train.get("val") or ""),
         "validation_psnr": f"{ckpt.get('val_psnr', float('nan')):.3f}",
     }
-    return contract.ModelDescriptor(model.cfg.scale, model.cfg.preset, ARCH, card)
+    if train.get("val_degrade", "clean") != "clean":
+        card["validation_set"] += f" ({train['val_degrade']})"
+    if train.get("degradations"):
+        card["degradations"] = json.dumps(train["degradations"], sort_keys=True)
+    if train.get("recipe"):
+        card["recipe"] = f"model/recipes/{train['recipe']}"
+    kind = train.get("kind", contract.CLEAN)
+    return contract.ModelDescriptor(model.cfg.scale, model.cfg.preset, ARCH, card, kind)
 
 
 def metadata(model: LSRCNN, ckpt: dict) -> dict[str, str]:
