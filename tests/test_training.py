@@ -99,3 +99,67 @@ def test_init_copies_encoder_and_lstm_from_another_scale(tmp_path: Path) -> None
             assert torch.equal(x3.state_dict()[key], value)
     # The decoder has another shape (9 sub-pixel channels, not 4) and keeps its own weights.
     assert x3.decoder[0].weight.shape[0] == 9
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_shipped_onnx_files_load_back_into_torch(scale: int) -> None:
+    from model.onnx_weights import model_from_onnx
+
+    path = Path(__file__).resolve().parent.parent / "model" / "weights" / \
+        f"lsrcnn-lite-x{scale}.onnx"
+    model = model_from_onnx(path)
+    x = torch.rand(2, 1, 21, 34, generator=torch.Generator().manual_seed(scale))
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        got = model(x).numpy()
+    assert np.abs(got - want).max() < 2e-5
+
+
+def test_a_recipe_file_drives_a_photo_run_and_the_export_states_it(tmp_path: Path,
+                                                                     set5: Path) -> None:
+    from model import contract
+    from model.train import read_recipe
+
+    weights = Path(__file__).resolve().parent.parent / "model" / "weights"
+    recipe = tmp_path / "tiny-photo.toml"
+    recipe.write_text(
+        'kind = "photo"\npreset = "lsrcnn-lite"\nscale = 2\ndata = ["Set5"]\nval = "Set5"\n'
+        f'val_degrade = "jpeg:75"\ndegrade = "photo"\ninit = "{weights}/lsrcnn-lite-x2.onnx"\n'
+        'iters = 50\nbatch = 4\npatch = 16\nlr = 1e-4\nwarmup = 1\n'
+        '[degradations]\njpeg = 1.0\n')
+    out = tmp_path / "run"
+    # A flag on the command line wins over the recipe (iters); the rest comes from the file.
+    main(["--recipe", str(recipe), "--datasets", str(set5.parent), "--out", str(out),
+          "--iters", "3", "--threads", "1"])
+    ckpt = load_checkpoint(out / "last.pt")
+    train = ckpt["train"]
+    assert ckpt["iteration"] == 3 and train["kind"] == "photo" and train["recipe"] == recipe.name
+    assert train["degradations"]["jpeg"] == 1.0 and train["init"] == "lsrcnn-lite-x2.onnx"
+    assert train["val_degrade"] == "jpeg:75" and train["batch"] == 4
+    # Initialised from the shipped file: three tiny steps stay close to its Set5 JPEG score.
+    assert ckpt["val_psnr"] > 30.0
+    model = model_from_checkpoint(ckpt)
+    d = onnx_export.descriptor(model, ckpt)
+    assert d.name == "lsrcnn-lite-photo-x2" and d.kind == contract.PHOTO
+    assert d.card["recipe"] == f"model/recipes/{recipe.name}"
+    assert contract.describe(d.metadata()) == d
+    with pytest.raises(SystemExit):
+        recipe.write_text('unknown_key = 1\n' + recipe.read_text())
+        read_recipe(recipe)
+
+
+def test_every_shipped_model_names_a_recipe_that_exists() -> None:
+    from model import contract
+    from model.train import read_recipe
+
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "model" / "weights").glob("*.onnx")):
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        d = contract.describe(meta)
+        recipe = root / d.card["recipe"]
+        assert recipe.exists(), (path.name, d.card.get("recipe"))
+        r = read_recipe(recipe)
+        assert (r["scale"], r["preset"], r.get("kind", "clean")) == (d.scale, d.preset, d.kind)

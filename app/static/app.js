@@ -98,7 +98,7 @@ async function direct(query) {
       throw err;
     }
     if (!r.ok) throw await failure(r);
-    return await r.blob();
+    return { blob: await r.blob(), model: r.headers.get("X-Model") };
   } finally {
     clearInterval(tick);
   }
@@ -127,16 +127,18 @@ async function viaJob(query) {
   if (!result.ok) throw await failure(result);
   const blob = await result.blob();
   fetch(where, { method: "DELETE" }); // we hold the result now: free the spool
-  return blob;
+  return { blob, model: job.model };
 }
 
-function show(blob, scale, seconds) {
+function show(blob, scale, seconds, model) {
   const url = keepURL(blob);
   const after = $("after");
   after.onload = () => {
     const [w, h] = [after.naturalWidth, after.naturalHeight];
     const from = inputSize ? `${inputSize[0]}×${inputSize[1]} → ` : "";
-    $("sizes").textContent = `${from}${w}×${h} (${scale}×) in ${seconds.toFixed(1)} s`;
+    const by = model ? ` by ${model}` : "";
+    $("sizes").textContent = `${from}${w}×${h} (${scale}×)${by} in ${seconds.toFixed(1)} s`;
+    $("sizes").dataset.model = model || "";
     $("compare").classList.remove("before-only");
     $("compare").dataset.ready = "true";
   };
@@ -155,15 +157,16 @@ async function upscale() {
   $("download").hidden = true;
   delete $("compare").dataset.ready;
   const scale = document.querySelector("input[name=scale]:checked").value;
-  const query = new URLSearchParams({ scale });
+  const kind = document.querySelector("input[name=kind]:checked").value;
+  const query = new URLSearchParams({ scale, kind });
   if ($("format").value) query.set("format", $("format").value);
   const started = performance.now();
   try {
     const big = inputSize && inputSize[0] * inputSize[1] > BIG_PIXELS;
-    let blob = big ? null : await direct(query);
-    if (blob === null) blob = await viaJob(query);
+    let done = big ? null : await direct(query);
+    if (done === null) done = await viaJob(query);
     $("progress").hidden = true;
-    show(blob, Number(scale), (performance.now() - started) / 1000);
+    show(done.blob, Number(scale), (performance.now() - started) / 1000, done.model);
   } catch (err) {
     $("progress").hidden = true;
     showError(err.message || String(err));
