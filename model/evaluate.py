@@ -82,6 +82,24 @@ def markdown(scores: list[Score]) -> str:
     return "\n".join(lines)
 
 
+def by_degradation(scores: list[Score], dataset: str) -> str:
+    """One dataset's scores with a row per degradation and a column per method, and each
+    method's gain over bicubic in dB (the model cards' table)."""
+    mine = [s for s in scores if s.dataset == dataset]
+    rows = list(dict.fromkeys(s.degrade for s in mine))
+    methods = list(dict.fromkeys(s.method for s in mine))
+    models = [m for m in methods if m != "bicubic"]
+    lines = [f"| {dataset} x{mine[0].scale}, LR | " + " | ".join(methods) + " | "
+             + " | ".join(f"gain {m}" for m in models) + " |",
+             "|---|" + "---|" * (len(methods) + len(models))]
+    for row in rows:
+        cell = {s.method: s for s in mine if s.degrade == row}
+        lines.append(f"| {row} | " + " | ".join(
+            f"{cell[m].psnr:.2f} / {cell[m].ssim:.4f}" for m in methods) + " | " + " | ".join(
+            f"{cell[m].psnr - cell['bicubic'].psnr:+.2f}" for m in models) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("folders", nargs="+", help="folders of HR images (Set5, Set14, ...)")
@@ -108,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
                  for s in evaluate_folder(folder, args.scale, models, chain)]
         print(markdown(table) + "\n")
         scores += table
+    if len(chains) > 1:
+        for dataset in dict.fromkeys(s.dataset for s in scores):
+            print(by_degradation(scores, dataset) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=2) + "\n")
 
