@@ -8,7 +8,7 @@ import io
 import shutil
 import tempfile
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import numpy as np
@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
+from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import SET5
@@ -62,10 +63,13 @@ async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.
 TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4}
 
 
-def make_app(**overrides: object) -> FastAPI:
+def make_app(engine_class: Callable[[Settings], Engine] | None = None,
+             **overrides: object) -> FastAPI:
+    """An app with the test settings (and `overrides`); `engine_class` makes its engine."""
     # Each app its own spool: one test's jobs are never another app's to find.
     spool = tempfile.mkdtemp(prefix="lsrcnn-test-spool-")
-    app = create_app(Settings(**{**TEST_SETTINGS, "spool_dir": spool, **overrides}))
+    settings = Settings(**{**TEST_SETTINGS, "spool_dir": spool, **overrides})
+    app = create_app(settings, engine_class(settings) if engine_class else None)
     weakref.finalize(app, shutil.rmtree, spool, True)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 import time
 
 import numpy as np
@@ -164,14 +165,24 @@ def test_size_limits_are_413() -> None:
 
 
 def test_not_ready_before_models_load_then_ready() -> None:
+    loaded = threading.Event()
+
+    class HeldEngine(Engine):
+        """Loads only once the test says so: the not-ready window is the test's to see."""
+
+        def load(self) -> None:
+            assert loaded.wait(30)
+            super().load()
+
     async def main() -> None:
-        app = make_app()
+        app = make_app(HeldEngine)
         async with running(app, wait_ready=False) as c:
             r = await c.get("/health/ready")
-            if r.status_code == 503:  # loading takes a moment; catch it if we can
-                assert r.json()["status"] == "not ready" and "Retry-After" in r.headers
-                r2 = await c.post("/upscale?scale=2", content=b"x", headers=PNG)
-                assert r2.status_code == 503
+            assert r.status_code == 503, r.text
+            assert r.json()["status"] == "not ready" and "Retry-After" in r.headers
+            r2 = await c.post("/upscale?scale=2", content=b"x", headers=PNG)
+            assert r2.status_code == 503
+            loaded.set()
             for _ in range(600):
                 if app.state.upscaler.ready:
                     break

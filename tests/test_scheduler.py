@@ -334,6 +334,8 @@ def test_a_full_queue_refuses_early_before_any_body() -> None:
             sched.refuse_early()
         assert err.value.retry_after_s == 7
 
+    asyncio.run(main())
+
 
 async def _submit_background(sched: Scheduler, plan: TilePlan, ident: float) -> Sink:
     sink = Sink(ident, plan)
