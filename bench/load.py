@@ -17,16 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import io
 import os
 import platform
-import re
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -41,41 +34,10 @@ from app import imaging, tiling
 from app.engine import Engine
 from app.settings import Settings
 from model import contract
+from tests.server import metric as metric_value
+from tests.server import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
-                 output: int = subprocess.DEVNULL, cwd: Path = ROOT
-                 ) -> tuple[subprocess.Popen, str]:
-    """Start `python -m module` (from `cwd`) on a free loopback port; return once ready."""
-    port = _free_port()
-    full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
-    if "LSRCNN_SPOOL_DIR" not in env:  # never another server's jobs
-        full_env["LSRCNN_SPOOL_DIR"] = spool = tempfile.mkdtemp(prefix="lsrcnn-spool-")
-        atexit.register(shutil.rmtree, spool, True)
-    proc = subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=full_env,
-                            stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            said = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"{module} exited with {proc.returncode}\n{said}")
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(f"{module} not ready in {timeout_s:.0f} s")
 
 
 @contextmanager
@@ -88,12 +50,9 @@ def server(env: dict[str, str] | None = None, cwd: Path = ROOT):  # type: ignore
         proc.wait(timeout=60)
 
 
-def metric(url: str, name: str, labels: str = "") -> float:
-    """Sum of a metric's samples whose labels contain `labels` (0 when absent)."""
-    text = httpx.get(f"{url}/metrics").text
-    pattern = rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$"
-    return sum(float(m.group(2)) for m in re.finditer(pattern, text, re.M)
-               if labels in (m.group(1) or ""))
+def metric(url: str, name: str) -> float:
+    """Sum of a metric's samples on a running service (0 when absent)."""
+    return metric_value(httpx.get(f"{url}/metrics").text, name)
 
 
 def load_images(folder: str, crop: int | None) -> list[Image.Image]:

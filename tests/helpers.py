@@ -19,7 +19,7 @@ from PIL import Image
 from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import SET5
+from tests.conftest import SET5, WEIGHTS
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -96,3 +96,12 @@ def fake_providers(monkeypatch: pytest.MonkeyPatch, available: list[str], active
     monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
     monkeypatch.setattr(ort, "InferenceSession", Reporting)
     return asked
+
+
+def direct(name: str, x: np.ndarray) -> np.ndarray:
+    """The model file run by ONNX Runtime itself, no service in between."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(WEIGHTS / f"{name}.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]

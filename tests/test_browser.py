@@ -7,7 +7,6 @@ Skipped, saying why, where Chromium or Selenium is missing."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load import start_server
 from tests.conftest import ROOT, SET5
+from tests.server import metric, start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -96,7 +95,7 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
     _upscale(browser, SET5 / "baby.png", 2)
     assert _natural_size(browser) == (1024, 1024)
     finished = httpx.get(f"{server}/metrics").text
-    assert re.search(r'^lsrcnn_jobs_finished_total\{status="done"\} 1\.0$', finished, re.M)
+    assert metric(finished, "lsrcnn_jobs_finished_total", status="done") == 1
 
     # 288x288: straight through /upscale.
     _upscale(browser, SET5 / "bird.png", 3)

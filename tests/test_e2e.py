@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.load import start_server
 from tests.conftest import SET5
+from tests.server import start_server
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from app.spool import INPUT, RESULT, STATE, JobState, Spool, new_id
 from tests.helpers import make_app, noise, png_bytes, running, set5_crop
+from tests.server import metric
 
 PNG = {"content-type": "image/png"}
 
@@ -33,12 +34,6 @@ async def _until(c: httpx.AsyncClient, job_id: str, statuses: set[str],
             return r.json()
         await asyncio.sleep(0.02)
     raise AssertionError(f"job {job_id} never reached {statuses}")
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    m = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+-]+)$", text, re.M)
-    assert m, (name, labels)
-    return float(m.group(1))
 
 
 def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
@@ -84,11 +79,11 @@ def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
             assert not (tmp_path / second / INPUT).exists()  # only the result is kept
 
             text = (await c.get("/metrics")).text
-            assert _metric(text, "lsrcnn_jobs", '{status="done"}') == 1
-            assert _metric(text, "lsrcnn_jobs", '{status="running"}') == 0
-            assert _metric(text, "lsrcnn_jobs_finished_total", '{status="cancelled"}') == 1
+            assert metric(text, "lsrcnn_jobs", status="done") == 1
+            assert metric(text, "lsrcnn_jobs", status="running") == 0
+            assert metric(text, "lsrcnn_jobs_finished_total", status="cancelled") == 1
             spooled = (tmp_path / second / RESULT).stat().st_size
-            assert _metric(text, "lsrcnn_spool_bytes") >= spooled
+            assert metric(text, "lsrcnn_spool_bytes") >= spooled
 
     run(main())
 

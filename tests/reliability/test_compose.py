@@ -12,8 +12,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from bench.load import start_server
 from tests.conftest import ROOT, SET5
+from tests.server import start_server
 
 UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
 

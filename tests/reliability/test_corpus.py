@@ -5,20 +5,15 @@ job spooled for any of them, and a good request served after each family."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 
 import pytest
 
 from tests.helpers import make_app, running
 from tests.reliability.corpus import Case, cases, decode_ok, good_png, model_params
+from tests.server import metric
 
 MAX_BODY = 2_000_000
-
-
-def metric_sum(text: str, name: str) -> float:
-    """Every sample of a metric, added up (0 when it has none yet)."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def _run_corpus(corpus: list[Case], path: str = "/upscale"
@@ -34,8 +29,8 @@ def _run_corpus(corpus: list[Case], path: str = "/upscale"
                 if case is None or case.family != family:
                     if family is not None:  # the family is done: is the service still fine?
                         text = (await c.get("/metrics")).text
-                        if metric_sum(text, "lsrcnn_tiles_total") != tiles_before or \
-                                metric_sum(text, "lsrcnn_jobs") != 0:
+                        if metric(text, "lsrcnn_tiles_total") != tiles_before or \
+                                metric(text, "lsrcnn_jobs") != 0:
                             wrong.append(f"{family}: model work or a job for a bad request")
                         r = await c.post("/upscale?scale=2", content=good_png(),
                                          headers={"content-type": "image/png"})
@@ -43,7 +38,7 @@ def _run_corpus(corpus: list[Case], path: str = "/upscale"
                             unserved.append(family)
                     family = case.family if case else None
                     if case is not None:
-                        tiles_before = metric_sum((await c.get("/metrics")).text,
+                        tiles_before = metric((await c.get("/metrics")).text,
                                                   "lsrcnn_tiles_total")
                 if case is None:
                     break

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.load import start_server
 from tests.conftest import SET5
+from tests.server import start_server
 
 pytestmark = pytest.mark.heavy
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load import start_server
 from tests.reliability.corpus import good_png
+from tests.server import start_server
 
 pytestmark = pytest.mark.heavy
 

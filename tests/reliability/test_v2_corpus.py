@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 
 from tests.helpers import make_app, running
-from tests.reliability.test_corpus import metric_sum
+from tests.server import metric
 
 MODEL = "/v2/models/lsrcnn-lite-x2"
 LENGTH = "Inference-Header-Content-Length"
@@ -104,7 +104,7 @@ def test_malformed_infer_requests_get_4xx_and_never_5xx() -> None:
                 if r.status_code != status or shape != {"error"}:
                     wrong.append(f"{name}: {r.status_code} {r.text[:120]}")
             text = (await c.get("/metrics")).text
-            assert metric_sum(text, "lsrcnn_tiles_total") == 0  # no model work at all
+            assert metric(text, "lsrcnn_tiles_total") == 0  # no model work at all
             x = np.full((1, 1, 4, 5), 0.5, np.float32)
             r = await c.post(f"{MODEL}/infer", content=_json(
                 _input([1, 1, 4, 5], x.ravel().tolist())))
