@@ -43,6 +43,10 @@ class EngineError(RuntimeError):
 _ARENA: list[bool] = []
 
 
+class NoDefaultModel(EngineError):
+    """The load found no model for the default scale; the others are loaded."""
+
+
 def shared_cpu_arena() -> bool:
     """One CPU arena for every session of the process, growing by what is asked for.
 
@@ -82,6 +86,7 @@ class Engine:
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.models: dict[str, ModelInfo] = {}
         self.device = Device(False, "not loaded")
+        self.decided = False  # the device is chosen at the first load, once
         self.failed: dict[str, str] = {}  # model file name -> why it did not load
         self._failures = 0
 
@@ -133,21 +138,24 @@ class Engine:
         return active
 
     def load(self) -> None:
-        """Find the device, then load every model file; a file that fails is skipped (kept
-        in `failed`). Only a missing default scale (or a required GPU that is not active)
-        fails the whole load."""
+        """Find the device (once), then load every model file not loaded yet; a file that
+        fails is skipped (kept in `failed`). A required GPU that is not active fails the
+        whole load; a missing default scale raises NoDefaultModel with the other models
+        loaded, so they can serve while the default is retried."""
         s = self.settings
-        self.sessions, self.models, self.failed = {}, {}, {}
+        self.failed = {}
         files = registry.discover(s.model_dir, self.failed)
         available = ort.get_available_providers()
-        try:
-            self.device = device.decide(s, available, self._probe(files))
-        except DeviceError as err:
-            raise EngineError(str(err)) from err
-        log.info("device: %s", self.device.reason, extra={"fields": {
-            "on_gpu": self.on_gpu, "available": available}})
+        if not self.decided:
+            try:
+                self.device = device.decide(s, available, self._probe(files))
+            except DeviceError as err:
+                raise EngineError(str(err)) from err
+            self.decided = True
+            log.info("device: %s", self.device.reason, extra={"fields": {
+                "on_gpu": self.on_gpu, "available": available}})
         providers = device.requested(s, available) if self.on_gpu else [CPU]
-        for f in files:
+        for f in (f for f in files if f.name not in self.models):
             try:
                 self._load_one(f, providers)
             except Exception as err:
@@ -156,8 +164,8 @@ class Engine:
                           extra={"fields": {"file": f.path.name, "cause": cause}})
         if self.model_for(s.default_scale) is None:
             missing = ", ".join(sorted(self.failed)) or "none found"
-            raise EngineError(f"no model for the default scale x{s.default_scale} "
-                              f"(failed: {missing})")
+            raise NoDefaultModel(f"no model for the default scale x{s.default_scale} "
+                                 f"(failed: {missing})")
 
     def _load_one(self, f: ModelFile, providers: list) -> None:
         session = self.session(f.path, self._options(), providers)

@@ -16,9 +16,10 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 
@@ -30,9 +31,12 @@ from app.spool import JobState, Spool, new_id
 from app.upscaler import AUTO, UnknownModel, Upscaler
 
 log = logging.getLogger("app.jobs")
+T = TypeVar("T")
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
+# Decodes at submission at once (each up to the job pixel limit): more wait their turn.
+SUBMIT_DECODES = 2
 
 
 class SpoolFull(Exception):
@@ -47,6 +51,12 @@ class Entry:
     job: Job | None = None  # the scheduler's job while its tiles run
     task: asyncio.Task | None = None  # while running
     bytes: int = 0  # of its folder in the spool
+    io: asyncio.Future | None = None  # its file work in a thread, which cancel waits out
+
+    @property
+    def pending(self) -> int:
+        """Bytes reserved for a result not written yet."""
+        return self.state.result_bound if self.state.status in ("queued", "running") else 0
 
 
 class JobManager:
@@ -56,12 +66,13 @@ class JobManager:
         self.spool = Spool(Path(s.spool_dir))
         self.entries: dict[str, Entry] = {}
         self.queue: deque[str] = deque()
-        self._reserved = 0  # bytes of submissions being written
+        self._reserved = 0  # bytes of submissions being checked and written
+        self._decodes = asyncio.Semaphore(SUBMIT_DECODES)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         r = metrics.registry
         gauge = Gauge("lsrcnn_jobs", "Jobs in the spool by status", ["status"], registry=r)
-        for status in STATUSES[:4]:
+        for status in STATUSES:
             gauge.labels(status).set_function(lambda status=status: self.count(status))
         Gauge("lsrcnn_spool_bytes", "Bytes of inputs and results in the jobs spool",
               registry=r).set_function(lambda: self.bytes)
@@ -71,8 +82,9 @@ class JobManager:
 
     @property
     def bytes(self) -> int:
-        """Bytes in the spool: every job's folder, and submissions being written."""
-        return self._reserved + sum(e.bytes for e in self.entries.values())
+        """Bytes in the spool and promised to it: every job's folder, the results not yet
+        written (at their bound), and submissions being written."""
+        return self._reserved + sum(e.bytes + e.pending for e in self.entries.values())
 
     def count(self, status: str) -> int:
         return sum(e.state.status == status for e in self.entries.values())
@@ -106,25 +118,30 @@ class JobManager:
 
     async def submit(self, data: bytes, scale: int, fmt: str | None, quality: int,
                      model: str | None = None, kind: str = AUTO) -> JobState:
-        """Check (400/413/415/422 from the header and a decode), choose the model, spool
-        durably, queue."""
+        """Check (400/413/415/422 from the header and a decode), choose the model, reserve
+        the input's and the result's bytes in the cap, spool durably, queue."""
         probed, plan, name = background.check(self.up, data, scale, fmt, model, kind)
-        if self.bytes + len(data) > self.max_bytes:
-            raise SpoolFull(f"the jobs spool is full ({self.bytes} of {self.max_bytes} bytes)",
+        out_fmt = imaging.output_format(fmt, probed.format)
+        bound = background.result_bound(probed, scale, out_fmt)
+        need = len(data) + bound
+        if self.bytes + need > self.max_bytes:
+            raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
+                            f"used or promised, and this job needs up to {need}",
                             max(5, math.ceil(self.backlog_s())))
-        state = JobState(new_id(), scale, fmt, quality,
-                         imaging.output_format(fmt, probed.format), plan.count, plan.tile_h,
-                         plan.tile_w, len(data), model=name)
-        # Decoded once now, as /upscale would before its model work, so that a corrupt or
-        # truncated body is a 400 here rather than a job that fails later.
-        await asyncio.to_thread(imaging.load, probed)
-        del probed
-        self._reserved += len(data)
+        self._reserved += need  # before any await: concurrent submissions see it
         try:
+            state = JobState(new_id(), scale, fmt, quality, out_fmt, plan.count, plan.tile_h,
+                             plan.tile_w, len(data), model=name, result_bound=bound)
+            # Decoded once now, as /upscale would before its model work, so that a corrupt
+            # or truncated body is a 400 here rather than a job that fails later; a few at
+            # a time, since each may be as large as the job pixel limit.
+            async with self._decodes:
+                await asyncio.to_thread(imaging.load, probed)
+            del probed
             await asyncio.to_thread(self.spool.create, state, data)
             used = await asyncio.to_thread(self.spool.used_bytes, state.id)
         finally:
-            self._reserved -= len(data)
+            self._reserved -= need
         self.entries[state.id] = Entry(state, bytes=used)
         self.queue.append(state.id)
         self._wake.set()
@@ -134,23 +151,43 @@ class JobManager:
         return self.entries.get(job_id)
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Cancel a job (its waiting tiles leave the queue) and remove its files."""
-        entry = self.entries.pop(job_id, None)
+        """DELETE: a queued or running job is cancelled (its waiting tiles leave the queue),
+        its input and any result removed, and `cancelled` kept, persisted, for its time to
+        live; a finished one is removed with its files at once."""
+        entry = self.entries.get(job_id)
         if entry is None:
             return None
+        st = entry.state
+        if st.status in FINISHED:
+            self.entries.pop(job_id, None)
+            await self._settle(entry)
+            await self._remove(job_id)
+            view = self.view(entry)
+            view.pop("result_url", None)  # gone with the files
+            return view
+        done = entry.job.done if entry.job is not None else 0
         if entry.task is not None:
             entry.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await entry.task
         with contextlib.suppress(ValueError):
             self.queue.remove(job_id)
-        if entry.state.status not in FINISHED:
-            entry.state.status = "cancelled"
-            self.finished.labels("cancelled").inc()
-        await self._remove(job_id)
-        view = self.view(entry)
-        view.pop("result_url", None)  # gone with the files
-        return view
+        await self._settle(entry)  # a result being written is finished first, then removed
+        st.tiles_done = done
+        await self._io(entry, self.spool.clear, job_id)
+        await self._finish(entry, "cancelled")
+        entry.bytes = await self._io(entry, self.spool.used_bytes, job_id)
+        return self.view(entry)
+
+    async def _io(self, entry: Entry, fn: Callable[..., T], *args: Any) -> T:
+        """A job's file work, in a thread that a cancelled task cannot leave half done:
+        the next file work on the job (cancel, removal) waits for it (`_settle`)."""
+        entry.io = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        return await asyncio.shield(entry.io)
+
+    async def _settle(self, entry: Entry) -> None:
+        if entry.io is not None and not entry.io.done():
+            await asyncio.wait({entry.io})
 
     def result(self, entry: Entry) -> tuple[Path, str]:
         return (self.spool.result_path(entry.state.id),
@@ -164,6 +201,8 @@ class JobManager:
             total, done = entry.job.total, entry.job.done
         elif st.status == "done":
             done = total
+        elif st.status == "cancelled":
+            done = st.tiles_done
         body: dict[str, Any] = {
             "id": st.id, "status": st.status,
             "progress": round(done / total, 4) if total else float(st.status == "done"),
@@ -211,7 +250,8 @@ class JobManager:
 
     async def _run_forever(self) -> None:
         while True:
-            if not self.queue or not self.up.ready:
+            entry = self._next()
+            if entry is None:
                 self._wake.clear()
                 # Readiness is polled. asyncio.timeout, not wait_for: on Python 3.11 a stop
                 # that lands as wait_for times out is turned into a TimeoutError and lost.
@@ -219,24 +259,39 @@ class JobManager:
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
                 continue
-            entry = self.entries.get(self.queue.popleft())
-            if entry is None or entry.state.status != "queued":
-                continue
+            self.queue.popleft()
             entry.task = asyncio.create_task(self._execute(entry))
             try:
                 await asyncio.wait({entry.task})
             finally:
                 entry.task = None if entry.task.done() else entry.task
 
+    def _next(self) -> Entry | None:
+        """The job at the head of the queue if it can run now; gone or cancelled ones are
+        dropped from the queue on the way."""
+        while self.queue:
+            entry = self.entries.get(self.queue[0])
+            if entry is not None and entry.state.status == "queued":
+                return entry if self._runnable(entry) else None
+            self.queue.popleft()
+        return None
+
+    def _runnable(self, entry: Entry) -> bool:
+        """A job runs once its model serves; or, once the service is ready, to fail if its
+        model is not there (a model removed since the job was spooled)."""
+        name = self._model_of(entry.state)
+        return self.up.ready or (name is not None and self.up.model_ready(name))
+
     async def _execute(self, entry: Entry) -> None:
         st = entry.state
         st.status = "running"
-        await asyncio.to_thread(self.spool.save, st)
+        await self._io(entry, self.spool.save, st)
         try:
-            data = await asyncio.to_thread(self.spool.read_input, st.id)
+            data = await self._io(entry, self.spool.read_input, st.id)
             size = await background.upscale_to_file(
-                self.up, self.spool, st.id, data, st.scale, st.format, st.quality,
-                self._model_of(st), on_admit=lambda job: setattr(entry, "job", job))
+                self.up, lambda write: self._io(entry, self.spool.write_result, st.id, write),
+                st.id, data, st.scale, st.format, st.quality, self._model_of(st),
+                on_admit=lambda job: setattr(entry, "job", job))
         except Busy:  # the scheduler is stopping: the next start runs it again
             log.info("job %s interrupted by the shutdown", st.id)
             return
@@ -247,16 +302,17 @@ class JobManager:
             await self._finish(entry, "failed", "inference failed")
         else:
             st.result_bytes = size
-            await asyncio.to_thread(self.spool.drop_input, st.id)
-            await self._finish(entry, "done")
-            entry.bytes = await asyncio.to_thread(self.spool.used_bytes, st.id)
+            await self._io(entry, self.spool.drop_input, st.id)
+            entry.bytes = await self._io(entry, self.spool.used_bytes, st.id)
+            await self._finish(entry, "done")  # the reservation goes with `running`
+            entry.bytes = await self._io(entry, self.spool.used_bytes, st.id)
         finally:
             entry.job = None
 
     async def _finish(self, entry: Entry, status: str, error: str | None = None) -> None:
         st = entry.state
         st.status, st.error, st.finished = status, error, time.time()
-        await asyncio.to_thread(self.spool.save, st)
+        await self._io(entry, self.spool.save, st)
         self.finished.labels(status).inc()
 
     async def _remove(self, job_id: str) -> None:
@@ -270,5 +326,6 @@ class JobManager:
                 st = entry.state
                 if st.finished is not None and now - st.finished > self.ttl_s:
                     self.entries.pop(job_id, None)
+                    await self._settle(entry)
                     await self._remove(job_id)
             await asyncio.sleep(min(60.0, max(0.2, self.ttl_s / 4)))

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from app import imaging
 from app.errors import ApiError, ErrorBody, request_id
-from app.upscaler import AUTO, Upscaler
+from app.upscaler import AUTO, UnknownModel, Upscaler
 
 router = APIRouter()
 T = TypeVar("T")
@@ -75,12 +75,15 @@ def ready_model(up: Upscaler, scale: int | None, model: str | None = None,
                 kind: str = AUTO) -> str:
     """The model a request asks for, before its image is seen: 503 before the service is
     ready, 422 for a scale, name or kind with no ready model, or ones that disagree."""
-    if not up.ready:
-        raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"})
     try:
         return up.resolve(scale, model, kind)
     except ValueError as err:
         raise ApiError(422, str(err)) from None
+    except UnknownModel:
+        if up.ready:
+            raise
+        # Not ready: the model asked for may be the one still loading or failing.
+        raise ApiError(503, f"not ready: {up.reason}", {"Retry-After": "5"}) from None
 
 
 async def _read_image(request: Request) -> bytes:

@@ -53,6 +53,8 @@ class JobState:
     finished: float | None = None  # outlive restarts
     error: str | None = None
     result_bytes: int = 0
+    result_bound: int = 0  # most bytes its result can take: reserved in the cap until written
+    tiles_done: int = 0  # at cancellation (a running job's count is the scheduler's)
     model: str | None = None  # chosen at submission (state files of older versions lack it)
 
     def to_json(self) -> bytes:
@@ -132,6 +134,14 @@ class Spool:
         except FileNotFoundError:
             return 0
         return size
+
+    def clear(self, job_id: str) -> None:
+        """Remove a job's input and result (any partial ones too), keeping its state."""
+        folder = self.folder(job_id)
+        for name in (INPUT, RESULT, RESULT + PARTIAL, STATE + PARTIAL):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+        _fsync_dir(folder)
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from app import imaging, tiling
 from app.canvas import Canvas, ChunkStream, StreamClosed
-from app.engine import Engine
+from app.engine import Engine, NoDefaultModel
 from app.metrics import Metrics
 from app.scheduler import BatchRecord, Busy, CostModel, Job, Scheduler, TooLarge
 from app.settings import Settings
@@ -96,7 +96,9 @@ class Upscaler:
         return sorted({self.engine.models[name].scale for name in self.schedulers})
 
     def model_ready(self, name: str) -> bool:
-        return self.ready and name in self.schedulers
+        """Whether a model serves: loaded, warmed and scheduled, whatever became of the
+        others (readiness is per model; `ready` is the default scale's)."""
+        return name in self.schedulers
 
     def resolve(self, scale: int | None = None, model: str | None = None, kind: str = AUTO,
                 jpeg_quality: int | None = None) -> str:
@@ -149,19 +151,25 @@ class Upscaler:
         return -(-(s.tile_size + 2 * s.tile_overlap) // m) * m
 
     async def start(self) -> None:
-        """Load and warm every model, then start scheduling. A model that fails costs only
-        itself; without the default scale's model we stay not ready."""
+        """Load and warm every model not serving yet, then schedule it. A model that fails
+        costs only itself: the others serve, and without the default scale's model the
+        service stays not ready (called again, it retries what is missing)."""
         s = self.settings
+        missing_default: str | None = None
         try:
             await asyncio.to_thread(self.engine.load)
+        except NoDefaultModel as err:
+            missing_default = f"model load failed: {err}"
+            log.error("%s; serving the other models", missing_default)
         except Exception as err:
             self.reason = f"model load failed: {err}"
             log.exception("model load failed")
             return
-        self.reason = "models warming up"
+        if not self.schedulers:
+            self.reason = "models warming up"
         on_gpu = self.engine.on_gpu
         costs: dict[str, CostModel] = {}
-        for name in self.engine.names:
+        for name in (n for n in self.engine.names if n not in self.schedulers):
             try:
                 samples = await asyncio.to_thread(
                     self.engine.warm_up, name, (self.bound(), self.bound()),
@@ -170,14 +178,15 @@ class Upscaler:
             except Exception as err:
                 log.exception("warm-up of %s failed", name)
                 self.engine.drop(name, f"warm-up failed: {err}")  # another may serve its scale
-        default = self.engine.model_for(s.default_scale)
-        if default is None:
-            self.reason = (f"model load failed: no model for the default scale "
-                           f"x{s.default_scale} warmed up")
-            return
         for name, cost in costs.items():
             self.schedulers[name] = self._scheduler(name, cost)
-        self._trimmer = asyncio.create_task(self._trim_when_idle())
+        if self.schedulers and self._trimmer is None:
+            self._trimmer = asyncio.create_task(self._trim_when_idle())
+        default = self.engine.model_for(s.default_scale)
+        if missing_default or default is None or default not in self.schedulers:
+            self.reason = missing_default or (f"model load failed: no model for the default "
+                                              f"scale x{s.default_scale} warmed up")
+            return
         self.ready, self.reason = True, "ready"
         log.info("ready: models %s on %s", self.models, "GPU" if on_gpu else "CPU")
 

@@ -208,8 +208,12 @@ def test_models_and_metrics_endpoints() -> None:
         async with running(make_app()) as c:
             await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 30, 30)), headers=PNG)
             models = (await c.get("/v1/models")).json()["models"]
-            assert [m["scale"] for m in models] == [2, 3, 4]
-            assert [m["name"] for m in models] == [f"lsrcnn-lite-x{s}" for s in (2, 3, 4)]
+            # A clean and a photo model per scale, by scale then name.
+            assert [m["scale"] for m in models] == [2, 2, 3, 3, 4, 4]
+            assert [(m["name"], m["kind"]) for m in models] == [
+                (f"lsrcnn-lite{k}-x{s}", kind) for s in (2, 3, 4)
+                for k, kind in (("-photo", "photo"), ("", "clean"))]
+            assert [m["default_for_scale"] for m in models] == [False, True] * 3
             assert all(m["arch"] == "lsrcnn" and m["ready"] for m in models)
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)
             assert all(m["preset"] == "lsrcnn-lite" and "validation_psnr" in m["card"]
@@ -452,7 +456,8 @@ def test_upscale_picks_a_model_by_name_or_by_scale_with_the_same_answer() -> Non
             r = await c.post("/upscale?model=nope", content=body, headers=PNG)
             assert r.status_code == 422 and "no ready model named 'nope'" in _error(r)["error"]
             ready = (await c.get("/health/ready")).json()
-            assert ready["models"] == ["lsrcnn-lite-x2", "lsrcnn-lite-x3", "lsrcnn-lite-x4"]
+            assert ready["models"] == [f"lsrcnn-lite{k}-x{s}" for s in (2, 3, 4)
+                                       for k in ("-photo", "")]
 
     run(main())
 

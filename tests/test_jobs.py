@@ -66,7 +66,18 @@ def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
                 view = (await c.get(f"/v1/jobs/{first['id']}")).json()
             assert 0 < view["progress"] < 1 and view["tiles_done"] < view["tiles_total"]
             r = await c.delete(f"/v1/jobs/{first['id']}")
-            assert r.status_code == 200 and r.json()["status"] == "cancelled"
+            cancelled = r.json()
+            assert r.status_code == 200 and cancelled["status"] == "cancelled"
+            # The tiles that ran are still counted; the input is gone, the state kept.
+            assert view["tiles_done"] <= cancelled["tiles_done"] < cancelled["tiles_total"]
+            assert [p.name for p in (tmp_path / first["id"]).iterdir()] == [STATE]
+            assert JobState.from_json((tmp_path / first["id"] / STATE).read_bytes()
+                                      ).status == "cancelled"
+            again = (await c.get(f"/v1/jobs/{first['id']}")).json()
+            assert again["status"] == "cancelled" and again["tiles_done"] == \
+                cancelled["tiles_done"] and "result_url" not in again
+            # A second DELETE removes what is left.
+            assert (await c.delete(f"/v1/jobs/{first['id']}")).status_code == 200
             assert not (tmp_path / first["id"]).exists()
             assert (await c.get(f"/v1/jobs/{first['id']}")).status_code == 404
 

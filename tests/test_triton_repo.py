@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from app.settings import Settings
+from model import contract
 from model.triton_repo import QUEUE_DELAY_US, main, write_repository
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_configs_match_the_onnx_files(tmp_path: Path) -> None:
         model_file = folder / "1" / "model.onnx"
         proto = onnx.load(str(model_file))
         meta = {p.key: p.value for p in proto.metadata_props}
-        assert config.name == folder.name == f"{meta['preset']}-x{meta['scale']}"
+        assert config.name == folder.name == contract.describe(meta).name
         assert config.backend == "onnxruntime"
         check_tensors(config.input, proto.graph.input)
         check_tensors(config.output, proto.graph.output)
@@ -116,4 +117,4 @@ def test_needs_no_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = [p.name for p in tmp_path.iterdir()]
     assert len(names) == len(list(WEIGHTS.glob("*.onnx")))
-    assert all(re.fullmatch(r"lsrcnn(-lite)?-x[234]", n) for n in names), names
+    assert all(re.fullmatch(r"lsrcnn(-lite)?(-photo)?-x[234]", n) for n in names), names
