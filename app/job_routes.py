@@ -9,18 +9,10 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from app import spool
-from app.errors import ApiError
+from app.deps import Authorized, ChoiceDep, ImageBody
 from app.jobs import Entry, JobManager, SpoolFull
-from app.routes import (
-    KIND_QUERY,
-    MODEL_QUERY,
-    UPSCALE_BODY,
-    _authorize,
-    _errors,
-    _read_image,
-    _upscaler,
-    ready_model,
-)
+from app.problems import Problem
+from app.routes import UPSCALE_BODY, _errors
 
 router = APIRouter()
 
@@ -46,32 +38,26 @@ def _jobs(request: Request) -> JobManager:
 def _entry(request: Request, job_id: str) -> Entry:
     entry = _jobs(request).get(job_id) if spool.ID.match(job_id) else None
     if entry is None:
-        raise ApiError(404, "no such job (it may have expired)")
+        raise Problem(404, "no such job (it may have expired)")
     return entry
 
 
-@router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY, responses={
-    202: {**_JOB, "description": "accepted; Location names the job"},
-    **_errors(400, 401, 403, 408, 413, 415, 422, 503)})
+@router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY, dependencies=[Authorized],
+             responses={202: {**_JOB, "description": "accepted; Location names the job"},
+                        **_errors(400, 401, 403, 408, 413, 415, 422, 503)})
 async def create_job(
-    request: Request,
-    scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting)"),
-    model: str | None = MODEL_QUERY,
-    kind: Literal["auto", "clean", "photo"] = KIND_QUERY,
+    request: Request, choice: ChoiceDep, data: ImageBody,
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
 ) -> JSONResponse:
-    _authorize(request)
-    up = _upscaler(request)
-    scale = up.engine.models[ready_model(up, scale, model, kind)].scale
-    data = await _read_image(request)
     jobs = _jobs(request)
     try:
-        state = await jobs.submit(data, scale, format, quality, model, kind)
+        state = await jobs.submit(data, choice.scale, format, quality, choice.model,
+                                  choice.kind)
     except SpoolFull as err:
-        raise ApiError(503, f"busy: {err}; retry later",
-                       {"Retry-After": str(err.retry_after_s)}) from None
+        raise Problem(503, f"busy: {err}; retry later",
+                      {"Retry-After": str(err.retry_after_s)}) from None
     entry = jobs.get(state.id)
     assert entry is not None
     return JSONResponse(jobs.view(entry), 202, headers={"Location": f"/v1/jobs/{state.id}"})
@@ -100,11 +86,11 @@ async def job_result(request: Request, job_id: str) -> Response:
                         filename=name)
 
 
-@router.delete("/v1/jobs/{job_id}", responses={200: _JOB, **_errors(401), **_404})
+@router.delete("/v1/jobs/{job_id}", dependencies=[Authorized],
+               responses={200: _JOB, **_errors(401), **_404})
 async def delete_job(request: Request, job_id: str) -> JSONResponse:
-    _authorize(request)
     _entry(request, job_id)
     view = await _jobs(request).cancel(job_id)
     if view is None:  # removed meanwhile
-        raise ApiError(404, "no such job (it may have expired)")
+        raise Problem(404, "no such job (it may have expired)")
     return JSONResponse(view)

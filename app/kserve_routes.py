@@ -10,9 +10,7 @@ and admission as `/upscale`; errors are the protocol's `{"error": "..."}`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -21,10 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app import kserve_codec as codec
-from app.engine import EngineError
-from app.errors import request_id
-from app.routes import CLIENT_GONE, _authorize, _unless_client_leaves
-from app.scheduler import BatchFailed, Busy, DeadlineExceeded, TooLarge
+from app.deps import Authorized, UpscalerDep, deadline, unless_client_leaves
+from app.errors import problem_of, request_id
+from app.problems import CLIENT_GONE, Problem, render_v2
 from app.upscaler import Upscaler
 from model import contract
 
@@ -70,26 +67,14 @@ ModelName = Annotated[str, Path(description="a model's name, as GET /v1/models l
 Version = Annotated[str, Path(description="the model's version: 1", examples=[VERSION])]
 
 
-class V2Error(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.message}, self.status, headers=self.headers)
-
-
-def _upscaler(request: Request) -> Upscaler:
-    return request.app.state.upscaler
-
-
 def _model(up: Upscaler, name: str, version: str | None) -> None:
     """404 unless the model (and version) exists; 503 while it is not ready."""
     if name not in up.engine.models or version not in (None, VERSION):
-        raise V2Error(404, f"unknown model {name!r}" + (f" version {version!r}"
+        raise Problem(404, f"unknown model {name!r}" + (f" version {version!r}"
                                                         if version else ""))
     if not up.model_ready(name):
-        raise V2Error(503, f"model {name} is not ready: {up.reason}", {"Retry-After": "5"})
+        raise Problem(503, f"model {name} is not ready: {up.reason}", {"Retry-After": "5"})
+    up.schedulers[name].refuse_early()  # a full queue answers before the body is read
 
 
 @router.get("")
@@ -97,10 +82,9 @@ async def server_metadata(request: Request) -> dict:
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
 
 
-def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
-    up = _upscaler(request)
+def _metadata(up: Upscaler, name: str, version: str | None) -> JSONResponse:
     if name not in up.engine.models or version not in (None, VERSION):
-        return V2Error(404, f"unknown model {name!r}").response()
+        return render_v2(Problem(404, f"unknown model {name!r}"))
     tensor = {"datatype": contract.DATATYPE, "shape": list(contract.INPUT_SHAPE)}
     return JSONResponse({
         "name": name, "versions": [VERSION], "platform": PLATFORM,
@@ -110,51 +94,51 @@ def _metadata(request: Request, name: str, version: str | None) -> JSONResponse:
 
 
 @router.get("/models/{name}", responses=_errors(404))
-async def model_metadata(request: Request, name: ModelName) -> JSONResponse:
-    return _metadata(request, name, None)
+async def model_metadata(up: UpscalerDep, name: ModelName) -> JSONResponse:
+    return _metadata(up, name, None)
 
 
 @router.get("/models/{name}/versions/{version}", responses=_errors(404))
-async def model_version_metadata(request: Request, name: ModelName, version: Version
+async def model_version_metadata(up: UpscalerDep, name: ModelName, version: Version
                                  ) -> JSONResponse:
-    return _metadata(request, name, version)
+    return _metadata(up, name, version)
 
 
 @router.get("/models/{name}/ready", responses=_errors(404, 503))
-async def model_ready(request: Request, name: ModelName) -> JSONResponse:
+async def model_ready(up: UpscalerDep, name: ModelName) -> JSONResponse:
     try:
-        _model(_upscaler(request), name, None)
-    except V2Error as err:
-        return err.response()
+        _model(up, name, None)
+    except Problem as err:
+        return render_v2(err)
     return JSONResponse({"name": name, "ready": True})
 
 
-_INFER = {"response_class": Response, "openapi_extra": INFER_BODY,
+_INFER = {"response_class": Response, "openapi_extra": INFER_BODY, "dependencies": [Authorized],
           "responses": {**INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}}
 
 
 @router.post("/models/{name}/infer", **_INFER)
-async def infer(request: Request, name: ModelName) -> Response:
-    return await _infer(request, name, None)
+async def infer(request: Request, up: UpscalerDep, name: ModelName) -> Response:
+    return await _infer(request, up, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", **_INFER)
-async def infer_version(request: Request, name: ModelName, version: Version) -> Response:
-    return await _infer(request, name, version)
+async def infer_version(request: Request, up: UpscalerDep, name: ModelName, version: Version
+                        ) -> Response:
+    return await _infer(request, up, name, version)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> Response:
-    _authorize(request)
-    up = _upscaler(request)
+async def _infer(request: Request, up: Upscaler, name: str, version: str | None) -> Response:
     try:
         _model(up, name, version)
         parsed = await _parse(request)
-        work = up.infer(name, _input(parsed), _deadline(request, up), request_id(request))
-        out = await _unless_client_leaves(request, work)
-    except V2Error as err:
-        return err.response()
+        work = up.infer(name, _input(parsed), await deadline(request, up), request_id(request))
+        out = await unless_client_leaves(request, work)
     except Exception as err:
-        return _failure(request, err).response()
+        problem = problem_of(err, request_id(request))
+        if problem is None:
+            raise  # unexpected: the middleware logs it and answers a plain 500
+        return render_v2(problem)
     if out is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
     body, header_length = codec.encode_response(name, VERSION, parsed,
@@ -167,52 +151,30 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 async def _parse(request: Request) -> codec.InferRequest:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
-        raise V2Error(400, "compressed request bodies are not supported")
+        raise Problem(400, "compressed request bodies are not supported")
     given = request.headers.get(codec.HEADER_LENGTH.lower())
     if given is not None and not given.isdigit():
-        raise V2Error(400, f"{codec.HEADER_LENGTH} must be a number of bytes")
-    body = await request.body()
+        raise Problem(400, f"{codec.HEADER_LENGTH} must be a number of bytes")
+    # Read without request.body()'s cache, as /upscale reads its image.
+    body = b"".join([chunk async for chunk in request.stream()])
     try:
         parsed = codec.parse_request(body, None if given is None else int(given))
     except codec.ProtocolError as err:
-        raise V2Error(400, str(err)) from None
+        raise Problem(400, str(err)) from None
     unknown = set(parsed.outputs) - {contract.OUTPUT_NAME}
     if unknown:
-        raise V2Error(400, f"unknown outputs {sorted(unknown)}; the model has "
+        raise Problem(400, f"unknown outputs {sorted(unknown)}; the model has "
                            f"'{contract.OUTPUT_NAME}'")
     return parsed
 
 
 def _input(parsed: codec.InferRequest) -> np.ndarray:
     if set(parsed.inputs) != {contract.INPUT_NAME}:
-        raise V2Error(400, f"the model takes one input, '{contract.INPUT_NAME}'; got "
+        raise Problem(400, f"the model takes one input, '{contract.INPUT_NAME}'; got "
                            f"{sorted(parsed.inputs)}")
     x = parsed.inputs[contract.INPUT_NAME]
     try:
         contract.check_input(x.shape)
     except ValueError as err:
-        raise V2Error(400, str(err)) from None
+        raise Problem(400, str(err)) from None
     return x
-
-
-def _deadline(request: Request, up: Upscaler) -> float:
-    arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
-    return (asyncio.get_running_loop().time() + up.settings.request_timeout_s
-            - (time.perf_counter() - arrived))
-
-
-def _failure(request: Request, err: Exception) -> V2Error:
-    """The protocol's error for what admission or the model said."""
-    if isinstance(err, TooLarge):
-        return V2Error(413, str(err))
-    if isinstance(err, Busy):
-        return V2Error(503, f"busy: {err}; retry later", {"Retry-After": str(err.retry_after_s)})
-    if isinstance(err, DeadlineExceeded):
-        return V2Error(504, "request deadline exceeded")
-    if isinstance(err, BatchFailed | EngineError):
-        cause = err.__cause__ if isinstance(err, BatchFailed) else err
-        log.error("inference failed", extra={"fields": {
-            "request_id": request_id(request), "error": repr(err),
-            "failure_id": getattr(cause, "failure_id", None), "cause": str(cause)}})
-        return V2Error(500, "inference failed")
-    raise err  # unexpected: the middleware logs it and answers a plain 500

@@ -13,15 +13,14 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, ClientTimeout, json_error
 from app.metrics import Metrics
+from app.problems import CLIENT_GONE, BodyTooLarge, ClientTimeout, json_error
 from app.shutdown import Drain
 
 log = logging.getLogger("app.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Answered while draining: liveness and metrics stay true, readiness says why it is 503.
 DRAIN_OPEN = {"/health/live", "/v2/health/live", "/health/ready", "/v2/health/ready", "/metrics"}
-DISCONNECTED = 499  # nginx's label for "client closed the request"; never sent
 
 
 class RequestContext:
@@ -93,7 +92,7 @@ class RequestContext:
             await answer(408, str(err), {"Connection": "close"})
         except ClientDisconnect:
             # The client left: nobody to answer, nothing went wrong here.
-            status["code"] = DISCONNECTED
+            status["code"] = CLIENT_GONE
             log.info("client disconnected", extra={"fields": {"request_id": rid}})
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid}})

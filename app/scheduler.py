@@ -39,7 +39,13 @@ SYNC, BACKGROUND = 0, 1  # job priorities: lower goes first
 
 
 class TooLarge(Exception):
-    """The request alone cannot finish within the deadline, or has too many tiles (413)."""
+    """The request alone cannot finish within the deadline (`reason` too_slow, with the
+    largest square input side that can), or has too many tiles (too_many_tiles) (413)."""
+
+    def __init__(self, message: str, reason: str = "too_many_tiles",
+                 largest_side: int | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.largest_side = reason, largest_side
 
 
 class Busy(Exception):
@@ -264,7 +270,7 @@ class Scheduler:
             side = self.largest_side()
             raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
                            f"{self.timeout_s:.0f} s deadline; the largest input that can "
-                           f"finish is about {side}x{side} pixels")
+                           f"finish is about {side}x{side} pixels", "too_slow", side)
         if self.waiting_tiles + plan.count > self.queue_limit:
             raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
                        self._retry_after())

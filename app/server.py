@@ -12,7 +12,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.errors import json_error
+from app.problems import json_error
 from app.settings import Settings
 from app.shutdown import Drain
 

@@ -327,7 +327,8 @@ class Upscaler:
         if h * w > limits.max_input_pixels or n * h * w * scale**2 > limits.max_output_pixels:
             raise TooLarge(f"{n} images of {h}x{w} at x{scale}: over the limits of "
                            f"{limits.max_input_pixels} input pixels per image and "
-                           f"{limits.max_output_pixels} output pixels per request")
+                           f"{limits.max_output_pixels} output pixels per request",
+                           "too_many_pixels")
         plan = self._plan(h, w)
         jobs: list[Job] = []
         try:

@@ -110,7 +110,9 @@ def test_large_image_is_tiled() -> None:
 
 def _error(r) -> dict:  # type: ignore[no-untyped-def]
     body = r.json()
-    assert set(body) == {"error", "request_id"} and body["request_id"] == r.headers["x-request-id"]
+    assert {"error", "request_id"} <= set(body) <= {"error", "request_id", "reason",
+                                                   "largest_side"}
+    assert body["request_id"] == r.headers["x-request-id"]
     return body
 
 
@@ -332,7 +334,11 @@ def test_too_much_work_is_413_before_decoding_with_the_largest_input() -> None:
             r = await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 600, 600)),
                              headers=PNG)
             assert r.status_code == 413
-            assert "largest input that can finish is about" in _error(r)["error"]
+            body = _error(r)
+            assert f"largest input that can finish is about {body['largest_side']}x" in \
+                body["error"]
+            # Machine-readable: the page sends such an image to /v1/jobs on this, not on words.
+            assert body["reason"] == "too_slow" and body["largest_side"] < 600
             text = (await c.get("/metrics")).text
             assert ('lsrcnn_rejected_total{model="lsrcnn-lite-x2",reason="too_large",scale="2"}'
                     ' 1.0') in text

@@ -69,11 +69,15 @@ function pick(chosen) {
 
 async function failure(response) {
   let message = `${response.status} ${response.statusText}`;
+  let reason = null;
   try {
     const body = await response.json();
     if (body.error) message = body.error;
+    reason = body.reason || null;
   } catch (_) { /* not JSON */ }
-  return new Error(message);
+  const err = new Error(message);
+  err.reason = reason; // machine-readable, where the service gives one (too_slow, ...)
+  return err;
 }
 
 function post(path, query) {
@@ -94,7 +98,7 @@ async function direct(query) {
     const r = await post("/upscale", query);
     if (r.status === 413) {
       const err = await failure(r);
-      if (/model time/.test(err.message)) return null; // too long to wait for: a job
+      if (err.reason === "too_slow") return null; // too long to wait for: a job
       throw err;
     }
     if (!r.ok) throw await failure(r);
