@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import Depends, Query, Request
 from starlette.datastructures import UploadFile
 
+from app.pipeline import Pipeline
 from app.problems import Problem
 from app.upscaler import AUTO, UnknownModel, Upscaler
 
@@ -29,6 +30,13 @@ async def get_upscaler(request: Request) -> Upscaler:
 
 
 UpscalerDep = Annotated[Upscaler, Depends(get_upscaler)]
+
+
+async def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 
 async def authorize(request: Request) -> None:

@@ -116,11 +116,37 @@ class Probe:
     format: str | None
     icc_profile: bytes | None
     jpeg_quality: int | None = None  # estimated from a JPEG's tables; None for other formats
+    orientation: int = 1  # the EXIF orientation the header states (1: as stored)
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) as stored; EXIF orientation may swap them at load."""
+        """(height, width) as stored."""
         return self.image.height, self.image.width
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        """(height, width) once EXIF orientation is applied (5 to 8 turn the image)."""
+        h, w = self.size
+        return (w, h) if self.orientation in (5, 6, 7, 8) else (h, w)
+
+
+def header_orientation(img: Image.Image) -> int:
+    """The EXIF orientation from what the header already read: never a decode (Pillow's
+    PNG `getexif` loads the pixels when the EXIF chunk comes after them, so a PNG's is
+    read only from a chunk before them)."""
+    try:
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = img.getexif()
+        value = int(exif.get(0x0112, 1))
+    except Exception:  # unreadable EXIF: the decode applies (or ignores) it as it can
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int,
@@ -129,8 +155,37 @@ def probe(data: bytes, max_pixels: int, max_output_pixels: int, scale: int,
     allocated. `requested` is the output format asked for (None: the input's default)."""
     img = _open(data)
     check(img, max_pixels, max_output_pixels, scale, requested)
+    return _probe_of(img)
+
+
+def reopen(data: bytes) -> Probe:
+    """A spooled job's input, checked when it was accepted: its header only, to decode."""
+    return _probe_of(_open(data))
+
+
+def _probe_of(img: Image.Image) -> Probe:
     return Probe(img, (img.format or "").lower() or None, img.info.get("icc_profile"),
-                 jpeg_quality.of_image(img))
+                 jpeg_quality.of_image(img), header_orientation(img))
+
+
+# Bytes per output pixel of each decoded mode (16-bit grayscale stays 16-bit in PNG).
+BYTES_PER_PIXEL = {"L": 1, "1": 1, "LA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 2,
+                   "RGBA": 4, "PA": 4, "RGBa": 4}
+# Encoded size over raw pixels at worst: PNG at level 1 stores what does not deflate (a
+# filter byte per row, 5 bytes per 64 KiB block); JPEG and WebP at quality 100 of noisy
+# pixels can pass the raw size.
+WORST_RATIO = {"png": 1.02, "jpeg": 1.5, "webp": 1.5}
+FRAMING = 64 * 1024
+
+
+def encoded_bound(probed: Probe, scale: int, out_fmt: str) -> int:
+    """The most bytes the encoded output can take, from the header alone (what the jobs
+    spool reserves for a result at submission, so its cap holds once results are written)."""
+    img = probed.image
+    mode = "RGBA" if has_alpha(img) and img.mode in ("P", "RGBA", "PA") else img.mode
+    h, w = probed.size
+    raw = h * w * scale * scale * BYTES_PER_PIXEL.get(mode, 3)
+    return int(raw * WORST_RATIO[out_fmt]) + FRAMING + len(probed.icc_profile or b"")
 
 
 def load(probed: Probe) -> Decoded:

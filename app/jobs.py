@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import Counter, Gauge
-
-from app import background, imaging
+from app import imaging, tiling
 from app.imaging import ImageError
 from app.metrics import Metrics
-from app.scheduler import Busy, Job, TooLarge
+from app.pipeline import Pipeline, Planned
+from app.scheduler import Busy, TileWork, TooLarge
 from app.spool import JobState, Spool, new_id
-from app.upscaler import AUTO, UnknownModel, Upscaler
+from app.upscaler import AUTO, UnknownModel
 
 log = logging.getLogger("app.jobs")
 T = TypeVar("T")
@@ -48,7 +47,7 @@ class SpoolFull(Exception):
 @dataclass(eq=False)
 class Entry:
     state: JobState
-    job: Job | None = None  # the scheduler's job while its tiles run
+    job: TileWork | None = None  # the scheduler's job while its tiles run
     task: asyncio.Task | None = None  # while running
     bytes: int = 0  # of its folder in the spool
     io: asyncio.Future | None = None  # its file work in a thread, which cancel waits out
@@ -60,9 +59,12 @@ class Entry:
 
 
 class JobManager:
-    def __init__(self, upscaler: Upscaler, metrics: Metrics) -> None:
-        s = upscaler.settings
-        self.up, self.ttl_s, self.max_bytes = upscaler, s.job_ttl_s, s.spool_max_bytes
+    def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
+        s = pipeline.up.settings
+        self.pipeline, self.up = pipeline, pipeline.up
+        self.ttl_s, self.max_bytes = s.job_ttl_s, s.spool_max_bytes
+        # Jobs have pixel limits of their own, larger than a request's.
+        self.limits = (s.job_max_input_pixels, s.job_max_output_pixels or s.max_output_pixels)
         self.spool = Spool(Path(s.spool_dir))
         self.entries: dict[str, Entry] = {}
         self.queue: deque[str] = deque()
@@ -70,15 +72,8 @@ class JobManager:
         self._decodes = asyncio.Semaphore(SUBMIT_DECODES)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        r = metrics.registry
-        gauge = Gauge("lsrcnn_jobs", "Jobs in the spool by status", ["status"], registry=r)
-        for status in STATUSES:
-            gauge.labels(status).set_function(lambda status=status: self.count(status))
-        Gauge("lsrcnn_spool_bytes", "Bytes of inputs and results in the jobs spool",
-              registry=r).set_function(lambda: self.bytes)
-        self.finished = Counter("lsrcnn_jobs_finished_total",
-                                "Jobs that ended, by status (done, failed, cancelled)",
-                                ["status"], registry=r)
+        metrics.watch_jobs(self.count, lambda: self.bytes, STATUSES)
+        self.finished = metrics.jobs_finished
 
     @property
     def bytes(self) -> int:
@@ -120,9 +115,8 @@ class JobManager:
                      model: str | None = None, kind: str = AUTO) -> JobState:
         """Check (400/413/415/422 from the header and a decode), choose the model, reserve
         the input's and the result's bytes in the cap, spool durably, queue."""
-        probed, plan, name = background.check(self.up, data, scale, fmt, model, kind)
-        out_fmt = imaging.output_format(fmt, probed.format)
-        bound = background.result_bound(probed, scale, out_fmt)
+        planned = self.pipeline.plan(data, scale, model, kind, fmt, quality, self.limits)
+        bound = imaging.encoded_bound(planned.probed, planned.scale, planned.out_fmt)
         need = len(data) + bound
         if self.bytes + need > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
@@ -130,14 +124,17 @@ class JobManager:
                             max(5, math.ceil(self.backlog_s())))
         self._reserved += need  # before any await: concurrent submissions see it
         try:
-            state = JobState(new_id(), scale, fmt, quality, out_fmt, plan.count, plan.tile_h,
-                             plan.tile_w, len(data), model=name, result_bound=bound)
-            # Decoded once now, as /upscale would before its model work, so that a corrupt
-            # or truncated body is a 400 here rather than a job that fails later; a few at
-            # a time, since each may be as large as the job pixel limit.
+            # Decoded now, as /upscale would before its model work, so that a corrupt or
+            # truncated body is a 400 here rather than a job that fails later; a few at a
+            # time, since each may be as large as the job pixel limit.
             async with self._decodes:
-                await asyncio.to_thread(imaging.load, probed)
-            del probed
+                await self.pipeline.decode_image(planned)
+            plan = planned.plan  # as decoded (an orientation the header did not tell)
+            state = JobState(new_id(), planned.scale, fmt, quality, planned.out_fmt,
+                             plan.count, plan.tile_h, plan.tile_w, len(data),
+                             model=planned.name, result_bound=bound,
+                             plan=tiling.plan_to_dict(plan))
+            del planned
             await asyncio.to_thread(self.spool.create, state, data)
             used = await asyncio.to_thread(self.spool.used_bytes, state.id)
         finally:
@@ -227,6 +224,18 @@ class JobManager:
             return sched.remaining_s(entry.job) / sched.workers
         return sched.cost.seconds(st.tile_h, st.tile_w, st.tiles_total) / sched.workers
 
+    def _planned(self, st: JobState, data: bytes) -> Planned:
+        """A spooled job as its submission planned it: its model and plan, not made again.
+        (State files of older versions lack them: their model and plan are made now.)"""
+        name = self._model_of(st)
+        if name is None or not self.up.model_ready(name):
+            raise UnknownModel(f"model {name} is not served any more")
+        if st.plan is None:
+            return self.pipeline.plan(data, st.scale, name, AUTO, st.format, st.quality,
+                                      self.limits)
+        return Planned(imaging.reopen(data), name, st.scale, tiling.plan_from_dict(st.plan),
+                       st.out_format, st.quality)
+
     def _model_of(self, st: JobState) -> str | None:
         """The job's model: chosen at submission; a job spooled by an older version that
         did not record it runs with its scale's clean model."""
@@ -288,10 +297,12 @@ class JobManager:
         await self._io(entry, self.spool.save, st)
         try:
             data = await self._io(entry, self.spool.read_input, st.id)
-            size = await background.upscale_to_file(
-                self.up, lambda write: self._io(entry, self.spool.write_result, st.id, write),
-                st.id, data, st.scale, st.format, st.quality, self._model_of(st),
-                on_admit=lambda job: setattr(entry, "job", job))
+            planned = self._planned(st, data)
+            del data  # the probe's file holds it until it is decoded
+            size = await self.pipeline.to_file(
+                planned, st.id,
+                lambda write: self._io(entry, self.spool.write_result, st.id, write),
+                on_admit=lambda work: setattr(entry, "job", work))
         except Busy:  # the scheduler is stopping: the next start runs it again
             log.info("job %s interrupted by the shutdown", st.id)
             return

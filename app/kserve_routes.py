@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from app import kserve_codec as codec
 from app.deps import Authorized, UpscalerDep, deadline, unless_client_leaves
 from app.errors import problem_of, request_id
+from app.pipeline import Pipeline
 from app.problems import CLIENT_GONE, Problem, render_v2
 from app.upscaler import Upscaler
 from model import contract
@@ -132,7 +133,9 @@ async def _infer(request: Request, up: Upscaler, name: str, version: str | None)
     try:
         _model(up, name, version)
         parsed = await _parse(request)
-        work = up.infer(name, _input(parsed), await deadline(request, up), request_id(request))
+        pipeline: Pipeline = request.app.state.pipeline
+        work = pipeline.tensor(name, _input(parsed), await deadline(request, up),
+                               request_id(request))
         out = await unless_client_leaves(request, work)
     except Exception as err:
         problem = problem_of(err, request_id(request))

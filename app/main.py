@@ -17,6 +17,7 @@ from app.jobs import JobManager
 from app.kserve_routes import router as kserve_router
 from app.metrics import Metrics
 from app.middleware import RequestContext
+from app.pipeline import Pipeline
 from app.routes import router
 from app.settings import Settings
 from app.shutdown import Drain
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics = Metrics()
     upscaler = Upscaler(settings, metrics, engine)
     drain = Drain(settings.graceful_timeout_s)
-    jobs = JobManager(upscaler, metrics)
+    pipeline = Pipeline(upscaler)
+    jobs = JobManager(pipeline, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,7 +68,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                   **docs)
     app.state.settings, app.state.metrics, app.state.upscaler = settings, metrics, upscaler
     app.state.drain = drain
-    app.state.jobs = jobs
+    app.state.jobs, app.state.pipeline = jobs, pipeline
     app.include_router(router)
     app.include_router(job_routes.router)
     app.include_router(web.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -75,6 +76,20 @@ class Metrics:
         self.model_load_failures = Counter("lsrcnn_model_load_failures_total",
                                            "Model files that failed to load", ["file"],
                                            registry=r)
+        # The jobs API (app/jobs.py), read from its manager at scrape time (watch_jobs).
+        self.jobs = Gauge("lsrcnn_jobs", "Jobs in the spool by status", ["status"], registry=r)
+        self.spool_bytes = Gauge("lsrcnn_spool_bytes",
+                                 "Bytes in the jobs spool, and promised to results not written",
+                                 registry=r)
+        self.jobs_finished = Counter("lsrcnn_jobs_finished_total",
+                                     "Jobs that ended, by status (done, failed, cancelled)",
+                                     ["status"], registry=r)
+
+    def watch_jobs(self, count: Callable[[str], int], spool_bytes: Callable[[], int],
+                   statuses: tuple[str, ...]) -> None:
+        for status in statuses:
+            self.jobs.labels(status).set_function(lambda status=status: count(status))
+        self.spool_bytes.set_function(spool_bytes)
 
     def watch(self, labels: tuple[str, str], sched: Scheduler) -> None:
         """Gauges read from the scheduler at scrape time: always current, never stale."""

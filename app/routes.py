@@ -15,6 +15,7 @@ from app.deps import (
     ChoiceDep,
     Deadline,
     ImageBody,
+    PipelineDep,
     RefuseEarly,
     UpscalerDep,
     unless_client_leaves,
@@ -56,13 +57,14 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                        "description": "the upscaled image"},
                  **_errors(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
-    request: Request, up: UpscalerDep, choice: ChoiceDep, data: ImageBody, deadline: Deadline,
+    request: Request, pipeline: PipelineDep, choice: ChoiceDep, data: ImageBody,
+    deadline: Deadline,
     format: Literal["png", "jpeg", "webp"] | None = Query(
         None, description="output format (default: the input's where writable, else png)"),
     quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
 ) -> Response:
-    work = up.upscale(data, choice.scale, format, quality, deadline, request_id(request),
-                      model=choice.model, kind=choice.kind)
+    work = pipeline.respond(data, choice.scale, format, quality, deadline,
+                            request_id(request), model=choice.model, kind=choice.kind)
     del data  # the pipeline holds it until the image is decoded
     result = await unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics

@@ -1,6 +1,7 @@
 """Cost-aware scheduling of tiles: admission in seconds of work, fair turns, cancellation.
 
-One scheduler per model. A request is admitted as a `Job` only if its estimated model time
+One scheduler per model. A request's (or a background job's) tiles are admitted as one
+`TileWork` only if its estimated model time
 (from its tile plan and a per-pixel rate learned from recent batches) fits its deadline
 with every admitted job still meeting its own (Triton's bounded queue with REJECT, counted
 in seconds, not items: one thin image can be a thousand tiles). Admitted jobs are served in
@@ -113,7 +114,7 @@ class CostModel:
 
 
 @dataclass(eq=False)
-class Job:
+class TileWork:
     """One request's tiles: what is left to run, what is done, and what it cost."""
 
     plan: TilePlan
@@ -164,13 +165,13 @@ class Scheduler:
     headroom: float = 0.8  # share of a deadline the model work may fill
     name: str = "model"
     on_batch: Callable[[BatchRecord], None] = lambda record: None
-    on_withdraw: Callable[[Job], None] = lambda job: None  # waiting tiles dropped
+    on_withdraw: Callable[[TileWork], None] = lambda job: None  # waiting tiles dropped
     planner: Callable[[int, int], TilePlan] = lambda h, w: TilePlan(  # (h, w) -> its plan
         h, w, h, w, (Span(0, 0, h),), (Span(0, 0, w),))
 
     def __post_init__(self) -> None:
-        self._ring: deque[Job] = deque()  # admitted jobs with tiles waiting, in turn order
-        self._jobs: set[Job] = set()  # admitted, not finished
+        self._ring: deque[TileWork] = deque()  # admitted jobs with tiles waiting, in turn order
+        self._jobs: set[TileWork] = set()  # admitted, not finished
         self._busy = 0  # workers running a batch
         self._batches = 0
         self._tasks: set[asyncio.Task] = set()
@@ -184,7 +185,7 @@ class Scheduler:
         """Any admitted work not finished."""
         return bool(self._jobs) or self._busy > 0
 
-    def _sync_jobs(self) -> list[Job]:
+    def _sync_jobs(self) -> list[TileWork]:
         return [job for job in self._jobs if job.priority == SYNC]
 
     @property
@@ -192,7 +193,7 @@ class Scheduler:
         """Synchronous tiles not started (what a new request queues behind)."""
         return sum(job.waiting for job in self._sync_jobs())
 
-    def remaining_s(self, job: Job) -> float:
+    def remaining_s(self, job: TileWork) -> float:
         """Worker seconds left for a job: its tiles not done, at the current rate."""
         return self.cost.seconds(job.plan.tile_h, job.plan.tile_w, job.total - job.done)
 
@@ -253,14 +254,14 @@ class Scheduler:
                            f"{self.max_tiles}")
 
     def admit(self, plan: TilePlan, deadline: float, tag: str = "",
-              priority: int = SYNC) -> Job:
+              priority: int = SYNC) -> TileWork:
         """Reserve the work of a plan, or refuse it at once (TooLarge, Busy). Background
         jobs are refused only for their tile count or a closed scheduler."""
         if self._closed:
             raise Busy("shutting down", 5)
         self.check_tiles(plan)
         if priority != SYNC:
-            job = Job(plan, deadline, tag=tag, priority=priority)
+            job = TileWork(plan, deadline, tag=tag, priority=priority)
             self._jobs.add(job)
             return job
         now = asyncio.get_running_loop().time()
@@ -274,14 +275,14 @@ class Scheduler:
         if self.waiting_tiles + plan.count > self.queue_limit:
             raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
                        self._retry_after())
-        job = Job(plan, deadline, tag=tag)
+        job = TileWork(plan, deadline, tag=tag)
         if not self._all_meet_deadlines(job, need, now):
             raise Busy(f"about {self.drain_s:.1f} s of work queued; this request would not "
                        f"finish within its deadline", self._retry_after())
         self._jobs.add(job)
         return job
 
-    def _all_meet_deadlines(self, new: Job, need: float, now: float) -> bool:
+    def _all_meet_deadlines(self, new: TileWork, need: float, now: float) -> bool:
         """Under fair sharing, would the new job and every admitted one still finish in time?
 
         With processor sharing over W workers, a job with r seconds left finishes once every
@@ -307,7 +308,7 @@ class Scheduler:
     def _retry_after(self) -> int:
         return max(1, math.ceil(self.drain_s))
 
-    def release(self, job: Job) -> None:
+    def release(self, job: TileWork) -> None:
         """Forget a job: finished, failed or withdrawn. Idempotent."""
         self._jobs.discard(job)
         with contextlib.suppress(ValueError):
@@ -315,8 +316,8 @@ class Scheduler:
 
     # -- running -------------------------------------------------------------------------
 
-    async def run(self, job: Job, cut: Callable[[int, int], np.ndarray],
-                  paste: Callable[[int, int, np.ndarray], None]) -> Job:
+    async def run(self, job: TileWork, cut: Callable[[int, int], np.ndarray],
+                  paste: Callable[[int, int, np.ndarray], None]) -> TileWork:
         """Run an admitted job's tiles in fair turns; return when all are pasted.
 
         Cancellation (the client left) and the deadline withdraw its waiting tiles.
@@ -343,14 +344,14 @@ class Scheduler:
             raise BatchFailed("inference failed") from job.error
         return job
 
-    def _take_batch(self) -> list[tuple[Job, int, int]]:
+    def _take_batch(self) -> list[tuple[TileWork, int, int]]:
         """Up to max_batch tiles of one shape, one per job per turn, starting at the first
         job of the most urgent priority that has tiles waiting."""
         top = min(job.priority for job in self._ring)
         head = next(job for job in self._ring if job.priority == top)
         shape = head.plan.shape
-        batch: list[tuple[Job, int, int]] = []
-        served: list[Job] = []
+        batch: list[tuple[TileWork, int, int]] = []
+        served: list[TileWork] = []
         while len(batch) < self.max_batch:
             progressed = False
             for job in list(self._ring):
@@ -385,7 +386,7 @@ class Scheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _work(self, batch: list[tuple[Job, int, int]]) -> tuple[float, float]:
+    def _work(self, batch: list[tuple[TileWork, int, int]]) -> tuple[float, float]:
         """In a worker thread: cut the tiles, run the model, paste each output."""
         t0 = time.perf_counter()
         x = np.stack([job.cut(r, c)[None] for job, r, c in batch]).astype(np.float32,
@@ -401,7 +402,7 @@ class Scheduler:
                 job.paste(r, c, y[k, 0])
         return time.perf_counter() - t0, len(x)
 
-    async def _execute(self, batch_id: int, batch: list[tuple[Job, int, int]]) -> None:
+    async def _execute(self, batch_id: int, batch: list[tuple[TileWork, int, int]]) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for job, _, _ in batch:
@@ -432,7 +433,7 @@ class Scheduler:
         self.on_batch(BatchRecord(batch_id, len(batch), padded, len(set(jobs)), seconds,
                                   seconds * gone / len(batch)))
 
-    def _fail(self, job: Job, err: BaseException) -> None:
+    def _fail(self, job: TileWork, err: BaseException) -> None:
         job.error = err
         self.release(job)
         if job.done_future and not job.done_future.done():

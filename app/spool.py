@@ -56,6 +56,7 @@ class JobState:
     result_bound: int = 0  # most bytes its result can take: reserved in the cap until written
     tiles_done: int = 0  # at cancellation (a running job's count is the scheduler's)
     model: str | None = None  # chosen at submission (state files of older versions lack it)
+    plan: dict | None = None  # the tile plan accepted at submission (tiling.plan_to_dict)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

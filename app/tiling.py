@@ -13,6 +13,7 @@ idle workers) at the least extra cost. An image that fits is one tile of its own
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -88,6 +89,21 @@ class TilePlan:
     def tiles(self) -> itertools.product:
         """(row, col) indices, row-major: rows of output complete in order."""
         return itertools.product(range(len(self.rows)), range(len(self.cols)))
+
+
+def plan_to_dict(plan: TilePlan) -> dict:
+    """A plan as JSON can hold it (a job stores the plan it was accepted with)."""
+    return dataclasses.asdict(plan)
+
+
+def plan_from_dict(d: dict) -> TilePlan:
+    return TilePlan(d["height"], d["width"], d["tile_h"], d["tile_w"],
+                    tuple(Span(**s) for s in d["rows"]), tuple(Span(**s) for s in d["cols"]))
+
+
+def transposed(plan: TilePlan) -> TilePlan:
+    """The plan of the image turned by 90 degrees: rows become columns, same tiles."""
+    return TilePlan(plan.width, plan.height, plan.tile_w, plan.tile_h, plan.cols, plan.rows)
 
 
 def plan_tiles(height: int, width: int, tile_size: int, overlap: int, min_tiles: int = 1,

@@ -1,10 +1,6 @@
-"""The upscaling pipeline: header -> plan -> admission -> decode -> fair tiles -> encode.
-
-Owns the engine and one scheduler per model (by name); knows nothing about HTTP. Bare
-tensors of the model contract (the Open Inference Protocol) take the same schedulers and
-admission, without the colour and encoding steps. The cost of a
-request is known from the image header before anything is decoded: a request that cannot
-finish is refused then (413 alone, 503 with the queue), before any work.
+"""The model runtime: the engine, one scheduler per model (by name), readiness per model,
+and which model a request means (`resolve`). Knows nothing about HTTP or image files: the
+path an image takes through it is app/pipeline.py.
 """
 
 from __future__ import annotations
@@ -14,26 +10,17 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image
-
-from app import imaging, tiling
-from app.canvas import Canvas, ChunkStream, StreamClosed
+from app import tiling
 from app.engine import Engine, NoDefaultModel
 from app.metrics import Metrics
-from app.scheduler import BatchRecord, Busy, CostModel, Job, Scheduler, TooLarge
+from app.scheduler import SYNC, BatchRecord, Busy, CostModel, Scheduler, TileWork, TooLarge
 from app.settings import Settings
 from model import contract
 
 log = logging.getLogger("app.upscaler")
 
-# Outputs above this many bytes hand their freed memory back to the system at once; the
-# rest waits until the service has been idle this long.
-TRIM_BYTES = 64 * 1024 * 1024
+# Freed memory waits until the service has been idle this long to go back to the system.
 IDLE_TRIM_S = 1.0
 
 
@@ -41,28 +28,6 @@ def _malloc_trim() -> None:
     """glibc keeps freed heap pages of big requests; give them back (no-op elsewhere)."""
     with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-
-
-@dataclass
-class Result:
-    chunks: AsyncIterator[bytes]  # the encoded image, streamed as it is made
-    media_type: str
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    tiles: int = 0
-    overhead: float = 1.0  # model pixels / image pixels
-    model: str = ""  # the model that made it
-
-
-def upscale_direct(engine: Engine, image: Image.Image, model: str, settings: Settings
-                   ) -> Image.Image:
-    """The service's tiling and colour path on one decoded image, without HTTP or the
-    scheduler: one tile a call, in order (benchmarks, the README figure)."""
-    plan = tiling.plan_tiles(image.height, image.width, settings.tile_size,
-                             settings.tile_overlap)
-    canvas = Canvas(image, plan, engine.models[model].scale)
-    for r, c in plan.tiles():
-        canvas.paste(r, c, engine.run(model, canvas.tile(r, c)[None, None])[0, 0])
-    return canvas.out
 
 
 class UnknownModel(LookupError):
@@ -140,7 +105,7 @@ class Upscaler:
             return contract.PHOTO
         return contract.CLEAN
 
-    def _labels(self, name: str) -> tuple[str, str]:
+    def labels(self, name: str) -> tuple[str, str]:
         """Metric labels of a model: its scale and its name."""
         return str(self.engine.models[name].scale), name
 
@@ -192,7 +157,7 @@ class Upscaler:
 
     def _scheduler(self, name: str, cost: CostModel) -> Scheduler:
         s, on_gpu, info = self.settings, self.engine.on_gpu, self.engine.models[name]
-        labels = self._labels(name)
+        labels = self.labels(name)
         self.metrics.model_info.labels(*labels, info.preset, info.provider, info.arch).set(1)
         sched = Scheduler(
             lambda x, name=name: self.engine.run(name, x), cost,
@@ -229,13 +194,13 @@ class Upscaler:
         if rec.cancelled_s:
             m.withdrawn_model_seconds.labels(*labels).inc(rec.cancelled_s)
 
-    def _record_withdraw(self, labels: tuple[str, str], job: Job) -> None:
+    def _record_withdraw(self, labels: tuple[str, str], job: TileWork) -> None:
         m = self.metrics
         m.withdrawn_requests.labels(*labels).inc()
         m.withdrawn_tiles.labels(*labels).inc(job.waiting)
         m.withdrawn_model_seconds.labels(*labels).inc(job.model_s)
 
-    def _record_pixels(self, labels: tuple[str, str], plan: tiling.TilePlan, scale: int,
+    def record_pixels(self, labels: tuple[str, str], plan: tiling.TilePlan, scale: int,
                        queued: float) -> None:
         m = self.metrics
         m.queue_seconds.labels(*labels).observe(queued)
@@ -244,12 +209,14 @@ class Upscaler:
         m.input_pixels.labels(*labels).inc(plan.height * plan.width)
         m.output_pixels.labels(*labels).inc(plan.height * plan.width * scale**2)
 
-    def _admit(self, name: str, plan: tiling.TilePlan, deadline: float, tag: str) -> Job:
+    def admit(self, name: str, plan: tiling.TilePlan, deadline: float, tag: str,
+              priority: int = SYNC) -> TileWork:
+        """The scheduler's admission, with refusals counted by model and reason."""
         try:
-            return self.schedulers[name].admit(plan, deadline, tag)
+            return self.schedulers[name].admit(plan, deadline, tag, priority)
         except (TooLarge, Busy) as err:
             reason = "too_large" if isinstance(err, TooLarge) else "busy"
-            self.metrics.rejected.labels(*self._labels(name), reason).inc()
+            self.metrics.rejected.labels(*self.labels(name), reason).inc()
             raise
 
     def _plan(self, height: int, width: int, min_tiles: int = 1) -> tiling.TilePlan:
@@ -258,131 +225,15 @@ class Upscaler:
         return tiling.plan_tiles(height, width, s.tile_size, s.tile_overlap, min_tiles,
                                  s.resolved_multiple(self.engine.on_gpu))
 
+    def freed(self) -> None:
+        """Memory of a finished image was let go: trim once the service is idle."""
+        self._dirty = True
+
+    def plan_tensor(self, height: int, width: int) -> tiling.TilePlan:
+        """A tensor's plan: never spread over idle workers (that would cut an image that
+        fits in one tile, and its answer would no longer be the model's own output)."""
+        return self._plan(height, width)
+
     def plan(self, model: str, height: int, width: int) -> tiling.TilePlan:
         """The cheapest grid; spread over the workers nothing is waiting for."""
         return self._plan(height, width, max(1, self.schedulers[model].free_workers()))
-
-    async def canvas_for(self, name: str, probed: imaging.Probe, job: Job) -> Canvas:
-        """Decode a probed image into the canvas its job's tiles run into; the plan is made
-        again if EXIF orientation turned the image."""
-        decoded = await asyncio.to_thread(imaging.load, probed)
-        image = decoded.image
-        if (image.height, image.width) != (job.plan.height, job.plan.width):
-            job.plan = self.plan(name, image.height, image.width)
-        return Canvas(image, job.plan, self.engine.models[name].scale)
-
-    async def upscale(self, data: bytes, scale: int | None, fmt: str | None, quality: int,
-                      deadline: float, request_id: str = "", *, model: str | None = None,
-                      kind: str = AUTO) -> Result:
-        """An encoded image upscaled by the model named `model`, else by the one of `kind`
-        that serves `scale` (auto: chosen from the image's own JPEG tables)."""
-        s = self.settings
-        scale = self.engine.models[self.resolve(scale, model, kind)].scale
-        t0 = time.perf_counter()
-        probed = imaging.probe(data, s.max_input_pixels, s.max_output_pixels, scale, fmt)
-        del data  # the probe's file holds the bytes until they are decoded
-        name = self.resolve(scale, model, kind, probed.jpeg_quality)
-        sched, labels = self.schedulers[name], self._labels(name)
-        out_fmt, icc = imaging.output_format(fmt, probed.format), probed.icc_profile
-        plan = self.plan(name, *probed.size)
-        job = self._admit(name, plan, deadline, request_id)
-        try:
-            canvas = await self.canvas_for(name, probed, job)
-            del probed  # the canvas keeps its own copy of the pixels
-            plan = job.plan
-            t1, loop_t1 = time.perf_counter(), asyncio.get_running_loop().time()
-            await sched.run(job, canvas.tile, canvas.paste)
-        finally:
-            sched.release(job)
-        t2 = time.perf_counter()
-        stream = ChunkStream(asyncio.get_running_loop())
-        encoding = asyncio.create_task(asyncio.to_thread(
-            self._encode, canvas, stream, out_fmt, quality, icc))
-        self._encoding.add(encoding)
-        encoding.add_done_callback(self._encoding.discard)
-        del canvas  # the encoding thread holds it until done
-        chunks = stream.chunks()
-        first = await anext(chunks, b"")  # an error before any byte is still an answer
-        queued = job.started_at - loop_t1 if job.started_at is not None else 0.0
-        timings = {"decode": t1 - t0, "queue": max(0.0, queued), "inference": job.model_s,
-                   "tiles": t2 - t1, "first-byte": time.perf_counter() - t2}
-        self._record_pixels(labels, plan, scale, timings["queue"])
-        return Result(_prepend(first, chunks), imaging.MEDIA_TYPES[out_fmt], timings,
-                      plan.count, plan.overhead, name)
-
-    async def infer(self, model: str, x: np.ndarray, deadline: float, request_id: str = ""
-                    ) -> np.ndarray:
-        """The model contract's tensor, [N, 1, H, W] of Y / 255, through the scheduler:
-        each image is one admitted job; [N, 1, sH, sW] out.
-
-        An image within the tile bound is one tile of its own size, so the answer is the
-        model's own output; above it the service's tiling applies (overlap, pasted cores).
-        Images are never spread over idle workers, which would cut them when they fit.
-        """
-        sched, scale, labels = self.schedulers[model], self.engine.models[model].scale, \
-            self._labels(model)
-        contract.check_input(x.shape)
-        n, _, h, w = x.shape
-        limits = self.settings
-        if h * w > limits.max_input_pixels or n * h * w * scale**2 > limits.max_output_pixels:
-            raise TooLarge(f"{n} images of {h}x{w} at x{scale}: over the limits of "
-                           f"{limits.max_input_pixels} input pixels per image and "
-                           f"{limits.max_output_pixels} output pixels per request",
-                           "too_many_pixels")
-        plan = self._plan(h, w)
-        jobs: list[Job] = []
-        try:
-            for k in range(n):
-                jobs.append(self._admit(model, plan, deadline, f"{request_id}#{k}"))
-        except (TooLarge, Busy):
-            for job in jobs:
-                sched.release(job)
-            raise
-        out = np.empty(contract.output_shape(x.shape, scale), np.float32)
-        started = asyncio.get_running_loop().time()
-
-        def cut(k: int) -> Callable[[int, int], np.ndarray]:
-            return lambda r, c: tiling.cut(x[k, 0], plan, r, c)
-
-        def paste(k: int) -> Callable[[int, int, np.ndarray], None]:
-            return lambda r, c, y: tiling.paste(out[k, 0], y, plan, r, c, scale)
-
-        runs = [asyncio.ensure_future(sched.run(job, cut(k), paste(k)))
-                for k, job in enumerate(jobs)]
-        try:
-            await asyncio.gather(*runs)
-        finally:  # one failed or we were cancelled: the others' tiles leave the queue too
-            for run in runs:
-                run.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
-            for job in jobs:
-                sched.release(job)
-        for job in jobs:
-            queued = job.started_at - started if job.started_at is not None else 0.0
-            self._record_pixels(labels, plan, scale, max(0.0, queued))
-        return out
-
-    def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,
-                icc: bytes | None) -> None:
-        """In a thread: encode into the stream, then hand freed memory back at once after a
-        big answer; smaller ones leave it to the idle-time trim."""
-        try:
-            canvas.encode(stream, fmt, quality, icc, self.settings.png_compress_level)
-            stream.finish()
-        except StreamClosed:
-            log.info("output abandoned: the client left")
-        except BaseException as err:
-            stream.finish(err)
-        out_bytes = canvas.out.width * canvas.out.height * len(canvas.out.getbands())
-        del canvas
-        if out_bytes > TRIM_BYTES:
-            _malloc_trim()
-        self._dirty = True
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
-

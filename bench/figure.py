@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.engine import Engine
+from app.pipeline import upscale_direct
 from app.settings import Settings
-from app.upscaler import upscale_direct
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from app.engine import Engine
+from app.pipeline import upscale_direct
 from app.settings import Settings
-from app.upscaler import upscale_direct
 from model import contract
 from model.contract import rgb_to_y
 

@@ -17,8 +17,8 @@ from app.scheduler import (
     Busy,
     CostModel,
     DeadlineExceeded,
-    Job,
     Scheduler,
+    TileWork,
     TooLarge,
 )
 from app.tiling import TilePlan, plan_tiles
@@ -174,7 +174,7 @@ def test_a_thin_image_of_many_tiles_does_not_hold_the_model() -> None:
 
 def test_withdrawn_job_leaves_the_queue_and_costs_at_most_the_tiles_in_flight() -> None:
     model = FakeModel(delay=0.01)
-    withdrawn: list[Job] = []
+    withdrawn: list[TileWork] = []
     sched = _sched(model, workers=2, on_withdraw=withdrawn.append)
 
     async def main() -> Sink:
