@@ -147,3 +147,29 @@ def test_the_api_key_guards_jobs_and_v2_infer() -> None:
         return list(c._transport.app.state.jobs.entries)
 
     asyncio.run(main())
+
+
+def test_exif_orientation_is_planned_before_admission(tmp_path: Path) -> None:
+    from app import imaging
+
+    img = set5_crop("bird", (0, 0, 60, 40))  # 60 wide, 40 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned 90 degrees: 40 wide, 60 high once oriented
+    data = png_bytes(img, "JPEG", quality=95, exif=exif.tobytes())
+    probed = imaging.probe(data, 10**6, 10**7, 2)
+    assert probed.size == (40, 60) and probed.oriented_size == (60, 40)
+    png = png_bytes(img, "PNG", exif=exif.tobytes())  # eXIf before the pixels
+    assert imaging.probe(png, 10**6, 10**7, 2).oriented_size == (60, 40)
+
+    async def main() -> None:
+        app = make_app(spool_dir=tmp_path)
+        async with running(app) as c:
+            r = await c.post("/upscale?scale=2", content=data,
+                             headers={"content-type": "image/jpeg"})
+            assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (80, 120)
+            r = await c.post("/v1/jobs?scale=2", content=data,
+                             headers={"content-type": "image/jpeg"})
+            state = app.state.jobs.entries[r.json()["id"]].state
+            assert (state.plan["height"], state.plan["width"]) == (60, 40)
+
+    asyncio.run(main())
