@@ -74,7 +74,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir ".[${FLAVOR}]"; \
         weights = sorted(p.name for p in (pathlib.Path(model.__file__).parent / 'weights').glob('*.onnx')); \
         print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), 'weights', weights); \
         assert weights, 'no ONNX weights in the installed package'; \
-        assert (pathlib.Path(app.__file__).parent / 'static' / 'index.html').is_file(), 'no web page'"; \
+        assert (pathlib.Path(app.__file__).parent / 'http' / 'static' / 'index.html').is_file(), 'no web page'"; \
     /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel
 
 # ---------------------------------------------------------------------------------------------

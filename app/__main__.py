@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from app import logs, ports
+from app.http.server import Server, config
 from app.main import create_app
-from app.server import Server, config
 from app.settings import Settings
 
 

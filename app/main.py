@@ -11,17 +11,17 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
-from app import errors, job_routes, web
-from app.engine import Engine
-from app.jobs import JobManager
-from app.kserve_routes import router as kserve_router
-from app.metrics import Metrics
-from app.middleware import RequestContext
-from app.pipeline import Pipeline
-from app.routes import router
+from app.background.jobs import JobManager
+from app.http import errors, job_routes, web
+from app.http.kserve_routes import router as kserve_router
+from app.http.middleware import RequestContext
+from app.http.routes import router
+from app.http.shutdown import Drain
+from app.images.pipeline import Pipeline
+from app.runtime.engine import Engine
+from app.runtime.metrics import Metrics
+from app.runtime.upscaler import Upscaler
 from app.settings import Settings
-from app.shutdown import Drain
-from app.upscaler import Upscaler
 
 log = logging.getLogger("app.main")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.engine import Engine
-from app.pipeline import upscale_direct
+from app.images.pipeline import upscale_direct
+from app.runtime.engine import Engine
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -72,7 +72,7 @@ def load_runtime(dry_run: bool) -> Any:
 
 def check_active(ort: Any, provider: str, settings: Any) -> dict:
     """A session asked for CUDA must report it active (the build's list proves nothing)."""
-    from app import device, registry
+    from app.runtime import device, registry
 
     path = registry.find(WEIGHTS, 2).path
     session = ort.InferenceSession(str(path), providers=device.requested(
@@ -87,7 +87,7 @@ def check_active(ort: Any, provider: str, settings: Any) -> dict:
 
 def check_parity(ort: Any, provider: str, settings: Any, images: Path) -> dict:
     """Every bundled model on every image, on `provider` and on the CPU."""
-    from app import device, registry
+    from app.runtime import device, registry
     from model import contract
     from model.imaging import bicubic_down, list_images, load_rgb, modcrop, y_of
 
@@ -115,7 +115,7 @@ def throughput(ort: Any, provider: str, settings: Any, out: Path, side: int,
     """Tiles per second of each preset at each batch size, `side` x `side` tiles."""
     import torch
 
-    from app import device
+    from app.runtime import device
     from model import contract
     from model.export import export
     from model.net import LSRCNN, PRESETS, make_config

@@ -30,8 +30,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from app import imaging, tiling
-from app.engine import Engine
+from app.images import imaging
+from app.runtime import tiling
+from app.runtime.engine import Engine
 from app.settings import Settings
 from model import contract
 from tests.server import metric as metric_value

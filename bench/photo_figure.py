@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from app.engine import Engine
-from app.pipeline import upscale_direct
+from app.images.pipeline import upscale_direct
+from app.runtime.engine import Engine
 from app.settings import Settings
 from model import contract
 from model.contract import rgb_to_y

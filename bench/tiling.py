@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app import registry, tiling
+from app.runtime import registry, tiling
 from model import contract
 from model.evaluate import run_onnx
 from model.imaging import bicubic_down, list_images, load_rgb, modcrop, y_of

@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from app.engine import Engine
 from app.main import create_app
+from app.runtime.engine import Engine
 from app.settings import Settings
 from tests.conftest import SET5, WEIGHTS
 

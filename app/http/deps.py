@@ -1,0 +1,161 @@
+"""The HTTP plumbing every door shares, as FastAPI dependencies: the upscaler, the API key,
+the model a request asks for (with the early refusal), the image body, the deadline, and
+a client that leaves. Routes declare them; none calls them by hand. All are coroutines:
+FastAPI runs plain functions in a thread, and these read the event loop's state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from app.http.problems import Problem
+from app.images.pipeline import Pipeline
+from app.runtime.upscaler import AUTO, UnknownModel, Upscaler
+
+T = TypeVar("T")
+RAW_TYPES = ("image/", "application/octet-stream")
+FILE_FIELD = "file"
+
+
+async def get_upscaler(request: Request) -> Upscaler:
+    return request.app.state.upscaler
+
+
+UpscalerDep = Annotated[Upscaler, Depends(get_upscaler)]
+
+
+async def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+
+
+async def authorize(request: Request) -> None:
+    """401 unless the bearer token is LSRCNN_API_KEY (when one is set)."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), key.get_secret_value().encode()):
+        raise Problem(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+Authorized = Depends(authorize)
+
+
+def ready_model(up: Upscaler, scale: int | None, model: str | None = None,
+                kind: str = AUTO) -> str:
+    """The model a request asks for, before its image is seen: 422 for a scale, name or
+    kind with no ready model, or ones that disagree; 503 while that may yet change."""
+    try:
+        return up.resolve(scale, model, kind)
+    except ValueError as err:
+        raise Problem(422, str(err)) from None
+    except UnknownModel:
+        if up.ready:
+            raise
+        # Not ready: the model asked for may be the one still loading or failing.
+        raise Problem(503, f"not ready: {up.reason}", {"Retry-After": "5"}) from None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a request asked for, and the model it gets if its image does not decide
+    (with kind auto, a compressed JPEG may still get the scale's photo model)."""
+
+    scale: int
+    model: str | None
+    kind: str
+    name: str
+
+
+async def choose(
+    up: UpscalerDep,
+    scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting, "
+                              "or the named model's)"),
+    model: str | None = Query(None, description="a model by name, e.g. lsrcnn-lite-x2 "
+                              "(GET /v1/models lists them); default: chosen by scale and kind"),
+    kind: Literal["auto", "clean", "photo"] = Query(
+        AUTO, description="auto: a JPEG below LSRCNN_PHOTO_BELOW_QUALITY (estimated from its "
+        "quantization tables) gets the photo model, anything else the clean one; clean or "
+        "photo: that kind of model (GET /v1/models lists kinds)"),
+) -> Choice:
+    name = ready_model(up, scale, model, kind)
+    return Choice(up.engine.models[name].scale, model, kind, name)
+
+
+ChoiceDep = Annotated[Choice, Depends(choose)]
+
+
+async def refuse_early(choice: ChoiceDep, up: UpscalerDep) -> None:
+    """A request queue with no room answers 503 before the body is read (requests only:
+    jobs wait behind requests, at background priority)."""
+    up.schedulers[choice.name].refuse_early()
+
+
+RefuseEarly = Depends(refuse_early)
+
+
+async def image_body(request: Request) -> bytes:
+    """The image, raw or as the multipart field `file` (declared after the model choice, so
+    a wrong parameter answers before the body is read)."""
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get(FILE_FIELD)
+        if not isinstance(upload, UploadFile):
+            raise Problem(422, f"multipart body needs a file field named '{FILE_FIELD}'")
+        return await upload.read()
+    if ctype.startswith(RAW_TYPES):
+        # Read without request.body()'s cache: the only reference is the caller's, so the
+        # body's memory goes as soon as the image is decoded.
+        return b"".join([chunk async for chunk in request.stream()])
+    raise Problem(415, "send the image as the body with Content-Type image/*, "
+                       f"or as multipart/form-data field '{FILE_FIELD}'")
+
+
+ImageBody = Annotated[bytes, Depends(image_body)]
+
+
+async def deadline(request: Request, up: UpscalerDep) -> float:
+    """The event loop time by which the request must be answered, counted from its arrival."""
+    arrived = request.scope.get("state", {}).get("arrived", time.perf_counter())
+    return (asyncio.get_running_loop().time() + up.settings.request_timeout_s
+            - (time.perf_counter() - arrived))
+
+
+Deadline = Annotated[float, Depends(deadline)]
+
+
+async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work` until it ends or the client disconnects; then cancel it (its waiting tiles
+    leave the queue) and return None. The body is read by now, so the next ASGI message
+    can only be the disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None

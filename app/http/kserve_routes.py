@@ -1,0 +1,183 @@
+"""Open Inference Protocol (KServe v2) endpoints on the service's port.
+
+`GET /v2` (server metadata), `GET /v2/models/{name}` (tensor metadata),
+`GET /v2/models/{name}/ready` and `POST /v2/models/{name}/infer` (JSON tensors and the
+binary tensor data extension). The health paths (`/v2/health/*`) live with the others in
+app/routes.py. The tensor is the model contract itself: FP32 `[N, 1, H, W]` of Y / 255 in,
+`[N, 1, sH, sW]` out. Inference goes through the Upscaler, so through the same schedulers
+and admission as `/upscale`; errors are the protocol's `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.http import kserve_codec as codec
+from app.http.deps import Authorized, UpscalerDep, deadline, unless_client_leaves
+from app.http.errors import problem_of, request_id
+from app.http.problems import CLIENT_GONE, Problem, render_v2
+from app.images.pipeline import Pipeline
+from app.runtime.upscaler import Upscaler
+from model import contract
+
+log = logging.getLogger("app.kserve")
+router = APIRouter(prefix="/v2")
+
+SERVER_NAME = "lsrcnn"
+VERSION = "1"  # each file is one version of its model
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+class V2ErrorBody(BaseModel):
+    """The protocol's error answer."""
+
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {400: "malformed request, or a tensor that is not the model's input",
+            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
+            404: "unknown model or version",
+            413: "more model work than the deadline allows, or too many tiles",
+            500: "the model failed",
+            503: "not ready, queue full or shutting down (Retry-After)",
+            504: "the request deadline passed"}
+    return {c: {"model": V2ErrorBody, "description": what[c]} for c in codes}
+
+
+_JSON_OBJECT = {"schema": {"type": "object"}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# JSON tensors, or the binary extension: the JSON header, then the raw tensor bytes.
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": _JSON_OBJECT, "application/octet-stream": _BINARY}}}
+INFER_OK = {200: {"content": {"application/json": _JSON_OBJECT,
+                              "application/octet-stream": _BINARY},
+                  "description": "the output tensor (binary when asked for)"}}
+
+
+# The names a model gets from its metadata (<preset>-x<scale>): the bundled ones as examples.
+ModelName = Annotated[str, Path(description="a model's name, as GET /v1/models lists them",
+                                examples=["lsrcnn-lite-x2"])]
+Version = Annotated[str, Path(description="the model's version: 1", examples=[VERSION])]
+
+
+def _model(up: Upscaler, name: str, version: str | None) -> None:
+    """404 unless the model (and version) exists; 503 while it is not ready."""
+    if name not in up.engine.models or version not in (None, VERSION):
+        raise Problem(404, f"unknown model {name!r}" + (f" version {version!r}"
+                                                        if version else ""))
+    if not up.model_ready(name):
+        raise Problem(503, f"model {name} is not ready: {up.reason}", {"Retry-After": "5"})
+    up.schedulers[name].refuse_early()  # a full queue answers before the body is read
+
+
+@router.get("")
+async def server_metadata(request: Request) -> dict:
+    return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
+
+
+def _metadata(up: Upscaler, name: str, version: str | None) -> JSONResponse:
+    if name not in up.engine.models or version not in (None, VERSION):
+        return render_v2(Problem(404, f"unknown model {name!r}"))
+    tensor = {"datatype": contract.DATATYPE, "shape": list(contract.INPUT_SHAPE)}
+    return JSONResponse({
+        "name": name, "versions": [VERSION], "platform": PLATFORM,
+        "inputs": [{"name": contract.INPUT_NAME, **tensor}],
+        "outputs": [{"name": contract.OUTPUT_NAME, **tensor,
+                     "shape": list(contract.OUTPUT_SHAPE)}]})
+
+
+@router.get("/models/{name}", responses=_errors(404))
+async def model_metadata(up: UpscalerDep, name: ModelName) -> JSONResponse:
+    return _metadata(up, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", responses=_errors(404))
+async def model_version_metadata(up: UpscalerDep, name: ModelName, version: Version
+                                 ) -> JSONResponse:
+    return _metadata(up, name, version)
+
+
+@router.get("/models/{name}/ready", responses=_errors(404, 503))
+async def model_ready(up: UpscalerDep, name: ModelName) -> JSONResponse:
+    try:
+        _model(up, name, None)
+    except Problem as err:
+        return render_v2(err)
+    return JSONResponse({"name": name, "ready": True})
+
+
+_INFER = {"response_class": Response, "openapi_extra": INFER_BODY, "dependencies": [Authorized],
+          "responses": {**INFER_OK, **_errors(400, 401, 404, 413, 500, 503, 504)}}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+async def infer(request: Request, up: UpscalerDep, name: ModelName) -> Response:
+    return await _infer(request, up, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
+async def infer_version(request: Request, up: UpscalerDep, name: ModelName, version: Version
+                        ) -> Response:
+    return await _infer(request, up, name, version)
+
+
+async def _infer(request: Request, up: Upscaler, name: str, version: str | None) -> Response:
+    try:
+        _model(up, name, version)
+        parsed = await _parse(request)
+        pipeline: Pipeline = request.app.state.pipeline
+        work = pipeline.tensor(name, _input(parsed), await deadline(request, up),
+                               request_id(request))
+        out = await unless_client_leaves(request, work)
+    except Exception as err:
+        problem = problem_of(err, request_id(request))
+        if problem is None:
+            raise  # unexpected: the middleware logs it and answers a plain 500
+        return render_v2(problem)
+    if out is None:  # nobody is listening; the status is for the log and the metrics
+        return Response(status_code=CLIENT_GONE)
+    body, header_length = codec.encode_response(name, VERSION, parsed,
+                                                {contract.OUTPUT_NAME: out})
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream",
+                    headers={codec.HEADER_LENGTH: str(header_length)})
+
+
+async def _parse(request: Request) -> codec.InferRequest:
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise Problem(400, "compressed request bodies are not supported")
+    given = request.headers.get(codec.HEADER_LENGTH.lower())
+    if given is not None and not given.isdigit():
+        raise Problem(400, f"{codec.HEADER_LENGTH} must be a number of bytes")
+    # Read without request.body()'s cache, as /upscale reads its image.
+    body = b"".join([chunk async for chunk in request.stream()])
+    try:
+        parsed = codec.parse_request(body, None if given is None else int(given))
+    except codec.ProtocolError as err:
+        raise Problem(400, str(err)) from None
+    unknown = set(parsed.outputs) - {contract.OUTPUT_NAME}
+    if unknown:
+        raise Problem(400, f"unknown outputs {sorted(unknown)}; the model has "
+                           f"'{contract.OUTPUT_NAME}'")
+    return parsed
+
+
+def _input(parsed: codec.InferRequest) -> np.ndarray:
+    if set(parsed.inputs) != {contract.INPUT_NAME}:
+        raise Problem(400, f"the model takes one input, '{contract.INPUT_NAME}'; got "
+                           f"{sorted(parsed.inputs)}")
+    x = parsed.inputs[contract.INPUT_NAME]
+    try:
+        contract.check_input(x.shape)
+    except ValueError as err:
+        raise Problem(400, str(err)) from None
+    return x

@@ -1,0 +1,122 @@
+"""HTTP routes. They speak to the Upscaler only; ONNX Runtime stays behind it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.http.deps import (
+    FILE_FIELD,
+    Authorized,
+    ChoiceDep,
+    Deadline,
+    ImageBody,
+    PipelineDep,
+    RefuseEarly,
+    UpscalerDep,
+    unless_client_leaves,
+)
+from app.http.errors import request_id
+from app.http.problems import CLIENT_GONE, ErrorBody
+from app.images import imaging
+
+router = APIRouter()
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Both ways to send the image, as the OpenAPI spec shows them.
+UPSCALE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": _BINARY,
+    "application/octet-stream": _BINARY,
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": [FILE_FIELD],
+        "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
+}}}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {400: "corrupt or truncated image, malformed multipart, empty body",
+            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
+            403: "cross-origin request from an origin not allowed",
+            408: "the body did not arrive within LSRCNN_CLIENT_TIMEOUT_S",
+            413: "body, input pixels or output pixels over their limits",
+            415: f"not an image in an accepted format ({imaging.ACCEPTED_NAMES}), or a "
+                 "Content-Type that is neither image/* nor multipart",
+            422: "bad parameter, multi-frame image, or an output the format cannot hold",
+            500: "the model failed",
+            503: "not ready, queue full or shutting down (Retry-After)",
+            504: "the request deadline passed"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
+
+
+@router.post("/upscale", response_class=Response, openapi_extra=UPSCALE_BODY,
+             dependencies=[Authorized, RefuseEarly], responses={
+                 200: {"content": {t: _BINARY for t in imaging.MEDIA_TYPES.values()},
+                       "description": "the upscaled image"},
+                 **_errors(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
+async def upscale(
+    request: Request, pipeline: PipelineDep, choice: ChoiceDep, data: ImageBody,
+    deadline: Deadline,
+    format: Literal["png", "jpeg", "webp"] | None = Query(
+        None, description="output format (default: the input's where writable, else png)"),
+    quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
+) -> Response:
+    work = pipeline.respond(data, choice.scale, format, quality, deadline,
+                            request_id(request), model=choice.model, kind=choice.kind)
+    del data  # the pipeline holds it until the image is decoded
+    result = await unless_client_leaves(request, work)
+    if result is None:  # nobody is listening; the status is for the log and the metrics
+        return Response(status_code=CLIENT_GONE)
+    timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
+    # Streamed as it is encoded (chunked): the whole encoded image is never held at once.
+    return StreamingResponse(result.chunks, media_type=result.media_type, headers={
+        "Server-Timing": timing, "X-Model": result.model, "X-Tiles": str(result.tiles),
+        "X-Tile-Overhead": f"{result.overhead:.3f}"})
+
+
+@router.get("/health/live")
+@router.get("/v2/health/live")
+async def live() -> dict:
+    return {"status": "live"}
+
+
+_READY = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["status"],
+    "properties": {"status": {"type": "string"}, "reason": {"type": "string"},
+                   "scales": {"type": "array", "items": {"type": "integer"}},
+                   "models": {"type": "array", "items": {"type": "string"}},
+                   "failed_models": {"type": "array", "items": {"type": "string"}}}}}}}
+
+
+@router.get("/health/ready", responses={200: _READY, 503: {**_READY, "description": "not ready"}})
+@router.get("/v2/health/ready", responses={200: _READY, 503: {**_READY,
+                                                              "description": "not ready"}})
+async def ready(request: Request, up: UpscalerDep) -> JSONResponse:
+    failed = sorted(up.engine.failed)  # file names only: never this machine's paths
+    if request.app.state.drain.active:
+        return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503,
+                            headers={"Retry-After": "5"})
+    if up.ready:
+        return JSONResponse({"status": "ready", "scales": up.scales, "models": up.models,
+                             "failed_models": failed})
+    return JSONResponse({"status": "not ready", "reason": up.reason, "failed_models": failed},
+                        503, headers={"Retry-After": "5"})
+
+
+@router.get("/v1/models")
+async def models(up: UpscalerDep) -> dict:
+    return {"models": [
+        {"name": info.name, "arch": info.arch, "scale": info.scale, "preset": info.preset,
+         "kind": info.kind,
+         "provider": info.provider, "file": info.path.name, "ready": up.model_ready(info.name),
+         "default_for_scale": up.engine.model_for(info.scale) == info.name, "card": info.card()}
+        for info in (up.engine.models[name] for name in up.models)]}
+
+
+@router.get("/metrics", response_class=Response, responses={200: {
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "description": "Prometheus text exposition format"}})
+async def metrics(up: UpscalerDep) -> Response:
+    return Response(generate_latest(up.metrics.registry), media_type=CONTENT_TYPE_LATEST)
