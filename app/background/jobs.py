@@ -2,10 +2,11 @@
 for a while, found again after a restart.
 
 A job is acknowledged only once its input is synced to disk; its state file says queued,
-running, done or failed. At start the spool is scanned: queued and running jobs (a stop
-or a crash interrupted them) are queued again in their order of arrival, finished ones
-kept until their time to live is over. Jobs run through the same scheduler as requests, at
-background priority: a request waits for at most the background tiles already running.
+running, done, failed or cancelled, each transition persisted. At start the spool is
+scanned: queued and running jobs (a stop or a crash interrupted them) are queued again in
+their order of arrival, finished ones kept until their time to live is over. Jobs run
+through the same pipeline and scheduler as requests, at background priority: a request
+waits for at most the background tiles already running.
 """
 
 from __future__ import annotations
@@ -16,48 +17,21 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.background.spool import JobState, Spool, new_id
+from app.background.entry import FINISHED, STATUSES, SUBMIT_DECODES, Entry, SpoolFull
+from app.background.spool import JobState, Spool, new_id, result_bound
 from app.images import imaging
 from app.images.imaging import ImageError
 from app.images.pipeline import Pipeline, Planned
 from app.runtime import tiling
 from app.runtime.metrics import Metrics
-from app.runtime.scheduler import Busy, TileWork, TooLarge
 from app.runtime.upscaler import AUTO, UnknownModel
+from app.runtime.work import Busy, TooLarge
 
 log = logging.getLogger("app.background.jobs")
 T = TypeVar("T")
-
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
-# Decodes at submission at once (each up to the job pixel limit): more wait their turn.
-SUBMIT_DECODES = 2
-
-
-class SpoolFull(Exception):
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-@dataclass(eq=False)
-class Entry:
-    state: JobState
-    job: TileWork | None = None  # the scheduler's job while its tiles run
-    task: asyncio.Task | None = None  # while running
-    bytes: int = 0  # of its folder in the spool
-    io: asyncio.Future | None = None  # its file work in a thread, which cancel waits out
-
-    @property
-    def pending(self) -> int:
-        """Bytes reserved for a result not written yet."""
-        return self.state.result_bound if self.state.status in ("queued", "running") else 0
-
 
 class JobManager:
     def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
@@ -117,7 +91,7 @@ class JobManager:
         """Check (400/413/415/422 from the header and a decode), choose the model, reserve
         the input's and the result's bytes in the cap, spool durably, queue."""
         planned = self.pipeline.plan(data, scale, model, kind, fmt, quality, self.limits)
-        bound = imaging.encoded_bound(planned.probed, planned.scale, planned.out_fmt)
+        bound = result_bound(planned.probed, planned.scale, planned.out_fmt)
         need = len(data) + bound
         if self.bytes + need > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
@@ -158,7 +132,7 @@ class JobManager:
         st = entry.state
         if st.status in FINISHED:
             self.entries.pop(job_id, None)
-            await self._settle(entry)
+            await entry.settle()
             await self._remove(job_id)
             view = self.view(entry)
             view.pop("result_url", None)  # gone with the files
@@ -170,22 +144,12 @@ class JobManager:
                 await entry.task
         with contextlib.suppress(ValueError):
             self.queue.remove(job_id)
-        await self._settle(entry)  # a result being written is finished first, then removed
+        await entry.settle()  # a result being written is finished first, then removed
         st.tiles_done = done
-        await self._io(entry, self.spool.clear, job_id)
+        await entry.in_thread(self.spool.clear, job_id)
         await self._finish(entry, "cancelled")
-        entry.bytes = await self._io(entry, self.spool.used_bytes, job_id)
+        entry.bytes = await entry.in_thread(self.spool.used_bytes, job_id)
         return self.view(entry)
-
-    async def _io(self, entry: Entry, fn: Callable[..., T], *args: Any) -> T:
-        """A job's file work, in a thread that a cancelled task cannot leave half done:
-        the next file work on the job (cancel, removal) waits for it (`_settle`)."""
-        entry.io = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        return await asyncio.shield(entry.io)
-
-    async def _settle(self, entry: Entry) -> None:
-        if entry.io is not None and not entry.io.done():
-            await asyncio.wait({entry.io})
 
     def result(self, entry: Entry) -> tuple[Path, str]:
         return (self.spool.result_path(entry.state.id),
@@ -193,14 +157,7 @@ class JobManager:
 
     def view(self, entry: Entry) -> dict[str, Any]:
         """The job as the API shows it."""
-        st = entry.state
-        total, done = st.tiles_total, 0
-        if st.status == "running" and entry.job is not None:
-            total, done = entry.job.total, entry.job.done
-        elif st.status == "done":
-            done = total
-        elif st.status == "cancelled":
-            done = st.tiles_done
+        st, (done, total) = entry.state, entry.progress()
         body: dict[str, Any] = {
             "id": st.id, "status": st.status,
             "progress": round(done / total, 4) if total else float(st.status == "done"),
@@ -295,14 +252,14 @@ class JobManager:
     async def _execute(self, entry: Entry) -> None:
         st = entry.state
         st.status = "running"
-        await self._io(entry, self.spool.save, st)
+        await entry.in_thread(self.spool.save, st)
         try:
-            data = await self._io(entry, self.spool.read_input, st.id)
+            data = await entry.in_thread(self.spool.read_input, st.id)
             planned = self._planned(st, data)
             del data  # the probe's file holds it until it is decoded
             size = await self.pipeline.to_file(
                 planned, st.id,
-                lambda write: self._io(entry, self.spool.write_result, st.id, write),
+                lambda write: entry.in_thread(self.spool.write_result, st.id, write),
                 on_admit=lambda work: setattr(entry, "job", work))
         except Busy:  # the scheduler is stopping: the next start runs it again
             log.info("job %s interrupted by the shutdown", st.id)
@@ -314,17 +271,17 @@ class JobManager:
             await self._finish(entry, "failed", "inference failed")
         else:
             st.result_bytes = size
-            await self._io(entry, self.spool.drop_input, st.id)
-            entry.bytes = await self._io(entry, self.spool.used_bytes, st.id)
+            await entry.in_thread(self.spool.drop_input, st.id)
+            entry.bytes = await entry.in_thread(self.spool.used_bytes, st.id)
             await self._finish(entry, "done")  # the reservation goes with `running`
-            entry.bytes = await self._io(entry, self.spool.used_bytes, st.id)
+            entry.bytes = await entry.in_thread(self.spool.used_bytes, st.id)
         finally:
             entry.job = None
 
     async def _finish(self, entry: Entry, status: str, error: str | None = None) -> None:
         st = entry.state
         st.status, st.error, st.finished = status, error, time.time()
-        await self._io(entry, self.spool.save, st)
+        await entry.in_thread(self.spool.save, st)
         self.finished.labels(status).inc()
 
     async def _remove(self, job_id: str) -> None:
@@ -338,6 +295,6 @@ class JobManager:
                 st = entry.state
                 if st.finished is not None and now - st.finished > self.ttl_s:
                     self.entries.pop(job_id, None)
-                    await self._settle(entry)
+                    await entry.settle()
                     await self._remove(job_id)
             await asyncio.sleep(min(60.0, max(0.2, self.ttl_s / 4)))

@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 from app.http.problems import Problem, render
 from app.images.imaging import ImageError
 from app.runtime.engine import EngineError
-from app.runtime.scheduler import BatchFailed, Busy, DeadlineExceeded, TooLarge
 from app.runtime.upscaler import UnknownModel
+from app.runtime.work import BatchFailed, Busy, DeadlineExceeded, TooLarge
 
 log = logging.getLogger("app.http.errors")
 

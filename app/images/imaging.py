@@ -168,26 +168,6 @@ def _probe_of(img: Image.Image) -> Probe:
                  jpeg_quality.of_image(img), header_orientation(img))
 
 
-# Bytes per output pixel of each decoded mode (16-bit grayscale stays 16-bit in PNG).
-BYTES_PER_PIXEL = {"L": 1, "1": 1, "LA": 2, "La": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 2,
-                   "RGBA": 4, "PA": 4, "RGBa": 4}
-# Encoded size over raw pixels at worst: PNG at level 1 stores what does not deflate (a
-# filter byte per row, 5 bytes per 64 KiB block); JPEG and WebP at quality 100 of noisy
-# pixels can pass the raw size.
-WORST_RATIO = {"png": 1.02, "jpeg": 1.5, "webp": 1.5}
-FRAMING = 64 * 1024
-
-
-def encoded_bound(probed: Probe, scale: int, out_fmt: str) -> int:
-    """The most bytes the encoded output can take, from the header alone (what the jobs
-    spool reserves for a result at submission, so its cap holds once results are written)."""
-    img = probed.image
-    mode = "RGBA" if has_alpha(img) and img.mode in ("P", "RGBA", "PA") else img.mode
-    h, w = probed.size
-    raw = h * w * scale * scale * BYTES_PER_PIXEL.get(mode, 3)
-    return int(raw * WORST_RATIO[out_fmt]) + FRAMING + len(probed.icc_profile or b"")
-
-
 def load(probed: Probe) -> Decoded:
     """Decode the pixels, apply EXIF orientation, normalise the mode."""
     try:

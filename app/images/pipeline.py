@@ -25,8 +25,8 @@ from app.images import imaging
 from app.images.canvas import Canvas, ChunkStream, StreamClosed
 from app.runtime import tiling
 from app.runtime.engine import Engine
-from app.runtime.scheduler import BACKGROUND, SYNC, TileWork, TooLarge
 from app.runtime.upscaler import AUTO, Upscaler, _malloc_trim, log
+from app.runtime.work import BACKGROUND, SYNC, TileWork, TooLarge
 from app.settings import Settings
 from model import contract
 

@@ -25,135 +25,29 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from app.runtime.admission import Admission
 from app.runtime.tiling import Span, TilePlan
+from app.runtime.work import (
+    SYNC,
+    BatchFailed,
+    BatchRecord,
+    Busy,
+    CostModel,
+    DeadlineExceeded,
+    TileWork,
+)
 
 log = logging.getLogger("app.runtime.scheduler")
 
 
-SYNC, BACKGROUND = 0, 1  # job priorities: lower goes first
-
-
-class TooLarge(Exception):
-    """The request alone cannot finish within the deadline (`reason` too_slow, with the
-    largest square input side that can), or has too many tiles (too_many_tiles) (413)."""
-
-    def __init__(self, message: str, reason: str = "too_many_tiles",
-                 largest_side: int | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.largest_side = reason, largest_side
-
-
-class Busy(Exception):
-    """The queued work plus this request would pass a deadline: retry later (503)."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its tiles were done (504)."""
-
-
-class BatchFailed(Exception):
-    """The model call for a batch holding this request's tiles failed (500)."""
-
-
 @dataclass
-class CostModel:
-    """Worker seconds of a tile of h x w: a cost per call, per pixel, and per line.
-
-    The LSTMs step along every row and every column, so a tile also costs in proportion to
-    h + w; without that term a thin strip (1 x 184 tiles) looks 10-100x dearer per pixel
-    than a square tile, and one such request would poison the estimate of every other.
-    The three coefficients come from warm-up; recent batches move one `factor` (observed
-    over predicted, smoothed), which follows the load on the machine as it is now.
-    """
-
-    per_pixel_s: float
-    per_line_s: float = 0.0
-    per_call_s: float = 0.0
-    factor: float = 1.0
-    smoothing: float = 0.1
-
-    def tile(self, h: int, w: int) -> float:
-        """Predicted seconds of one tile, before the learned factor."""
-        return self.per_call_s + self.per_pixel_s * h * w + self.per_line_s * (h + w)
-
-    def seconds(self, h: int, w: int, tiles: int) -> float:
-        return self.factor * tiles * self.tile(h, w)
-
-    def estimate(self, plan: TilePlan) -> float:
-        return self.seconds(plan.tile_h, plan.tile_w, plan.count)
-
-    def observe(self, h: int, w: int, tiles: int, seconds: float) -> None:
-        predicted = tiles * self.tile(h, w)
-        if predicted > 0 and seconds > 0:
-            # Bounded around the current factor: one outlier moves it little, yet a machine
-            # that got much slower (other work on its cores) is followed all the way.
-            ratio = min(max(seconds / predicted, self.factor / 4), self.factor * 4)
-            self.factor += self.smoothing * (ratio - self.factor)
-
-    @classmethod
-    def fit(cls, samples: list[tuple[int, int, float]]) -> CostModel:
-        """Least squares over (h, w, seconds) of single tiles; coefficients kept >= 0."""
-        a = np.array([[1.0, h * w, h + w] for h, w, _ in samples])
-        t = np.array([sec for _, _, sec in samples])
-        call, pixel, line = np.linalg.lstsq(a, t, rcond=None)[0]
-        if min(call, pixel, line) < 0:  # refit the pixel term alone, the one that matters
-            pixel = float(np.dot(a[:, 1], t) / np.dot(a[:, 1], a[:, 1]))
-            call = line = 0.0
-        return cls(per_pixel_s=max(float(pixel), 1e-12), per_line_s=float(line),
-                   per_call_s=float(call))
-
-
-@dataclass(eq=False)
-class TileWork:
-    """One request's tiles: what is left to run, what is done, and what it cost."""
-
-    plan: TilePlan
-    deadline: float  # loop time
-    cut: Callable[[int, int], np.ndarray] | None = None  # (row, col) -> [th, tw] tile
-    paste: Callable[[int, int, np.ndarray], None] | None = None  # (row, col, output tile)
-    done_future: asyncio.Future | None = None
-    pending: Iterator[tuple[int, int]] | None = None
-    issued: int = 0
-    done: int = 0
-    model_s: float = 0.0  # worker seconds spent on its tiles
-    started_at: float | None = None  # when its first tile began
-    cancelled: bool = False
-    error: BaseException | None = None
-    tag: str = ""  # the request id, for logs
-    priority: int = SYNC
-
-    @property
-    def total(self) -> int:
-        return self.plan.count
-
-    @property
-    def waiting(self) -> int:
-        """Tiles not yet handed to a worker."""
-        return self.total - self.issued
-
-
-@dataclass
-class BatchRecord:
-    batch_id: int
-    size: int  # tiles of requests (padding excluded)
-    padded: int  # tiles in the model call
-    jobs: int
-    seconds: float  # worker seconds: cut, model call, paste
-    cancelled_s: float  # the share of tiles whose job was withdrawn while they ran
-
-
-@dataclass
-class Scheduler:
+class Scheduler(Admission):
     model: Callable[[np.ndarray], np.ndarray]  # blocking model call, [N,1,h,w] -> [N,1,sh,sw]
     cost: CostModel
     workers: int = 1
@@ -218,95 +112,9 @@ class Scheduler:
         """Wall seconds until the admitted work is done, all workers busy."""
         return self.work_s / self.workers
 
-    def refuse_early(self) -> None:
-        """Busy at once, before a body is read, when the admitted work alone already fills
-        the deadline: no request, however small, could be admitted now."""
-        if self._closed:
-            raise Busy("shutting down", 5)
-        if self.drain_s >= self.headroom * self.timeout_s:
-            raise Busy(f"about {self.drain_s:.1f} s of work queued", self._retry_after())
-
     def free_workers(self) -> int:
         """Workers that no admitted tile is waiting for: a new job may spread over them."""
         return max(0, self.workers - self._busy - self.waiting_tiles)
-
-    # -- admission -----------------------------------------------------------------------
-
-    def largest_side(self) -> int:
-        """Side of the largest square input that one request alone can have done within
-        the deadline, by the current estimate and the real tile planner."""
-        lo, hi = 1, 1 << 16
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            plan = self.planner(mid, mid)
-            if self.cost.estimate(plan) / min(self.workers, plan.count) <= \
-                    self.headroom * self.timeout_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def check_tiles(self, plan: TilePlan) -> None:
-        """TooLarge when one request's plan has more tiles than allowed: a guard on the
-        estimate, whatever the queue holds."""
-        if plan.count > self.max_tiles:
-            raise TooLarge(f"the image needs {plan.count} tiles; the limit per request is "
-                           f"{self.max_tiles}")
-
-    def admit(self, plan: TilePlan, deadline: float, tag: str = "",
-              priority: int = SYNC) -> TileWork:
-        """Reserve the work of a plan, or refuse it at once (TooLarge, Busy). Background
-        jobs are refused only for their tile count or a closed scheduler."""
-        if self._closed:
-            raise Busy("shutting down", 5)
-        self.check_tiles(plan)
-        if priority != SYNC:
-            job = TileWork(plan, deadline, tag=tag, priority=priority)
-            self._jobs.add(job)
-            return job
-        now = asyncio.get_running_loop().time()
-        need = self.cost.estimate(plan)
-        alone = need / min(self.workers, plan.count)
-        if alone > self.headroom * self.timeout_s:
-            side = self.largest_side()
-            raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
-                           f"{self.timeout_s:.0f} s deadline; the largest input that can "
-                           f"finish is about {side}x{side} pixels", "too_slow", side)
-        if self.waiting_tiles + plan.count > self.queue_limit:
-            raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
-                       self._retry_after())
-        job = TileWork(plan, deadline, tag=tag)
-        if not self._all_meet_deadlines(job, need, now):
-            raise Busy(f"about {self.drain_s:.1f} s of work queued; this request would not "
-                       f"finish within its deadline", self._retry_after())
-        self._jobs.add(job)
-        return job
-
-    def _all_meet_deadlines(self, new: TileWork, need: float, now: float) -> bool:
-        """Under fair sharing, would the new job and every admitted one still finish in time?
-
-        With processor sharing over W workers, a job with r seconds left finishes once every
-        job has received min(r_k, r) seconds: F = sum_k min(r_k, r) / W. A job that would
-        miss its deadline even without the new one does not block admission.
-        """
-        work = [(self.remaining_s(job), job.deadline) for job in self._sync_jobs()]
-        rest = [r for r, _ in work]
-        lag = self._background_running_s()
-
-        def finish(r: float, others: list[float]) -> float:
-            return lag + (r + sum(min(o, r) for o in others)) / self.workers
-
-        if finish(need, rest) > self.headroom * (new.deadline - now):
-            return False
-        for k, (r, deadline) in enumerate(work):
-            others = rest[:k] + rest[k + 1 :]
-            budget = self.headroom * (deadline - now)
-            if finish(r, [*others, need]) > budget >= finish(r, others):
-                return False
-        return True
-
-    def _retry_after(self) -> int:
-        return max(1, math.ceil(self.drain_s))
 
     def release(self, job: TileWork) -> None:
         """Forget a job: finished, failed or withdrawn. Idempotent."""

@@ -14,7 +14,8 @@ import logging
 from app.runtime import tiling
 from app.runtime.engine import Engine, NoDefaultModel
 from app.runtime.metrics import Metrics
-from app.runtime.scheduler import SYNC, BatchRecord, Busy, CostModel, Scheduler, TileWork, TooLarge
+from app.runtime.scheduler import Scheduler
+from app.runtime.work import SYNC, BatchRecord, Busy, CostModel, TileWork, TooLarge
 from app.settings import Settings
 from model import contract
 

@@ -10,18 +10,18 @@ import time
 import numpy as np
 import pytest
 
-from app.runtime.scheduler import (
+from app.runtime.scheduler import Scheduler
+from app.runtime.tiling import TilePlan, plan_tiles
+from app.runtime.work import (
     BACKGROUND,
     BatchFailed,
     BatchRecord,
     Busy,
     CostModel,
     DeadlineExceeded,
-    Scheduler,
     TileWork,
     TooLarge,
 )
-from app.runtime.tiling import TilePlan, plan_tiles
 
 
 class FakeModel:
