@@ -65,7 +65,8 @@ def _validation_message(err: RequestValidationError) -> str:
     for e in err.errors():
         where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
         parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
+    # A parameter of a dependency shared by two others is checked once per path: say it once.
+    return "; ".join(dict.fromkeys(parts)) or "invalid request"
 
 
 def install(app: FastAPI) -> None:
