@@ -6,6 +6,7 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,6 +23,14 @@ from app.runtime.work import (
     TileWork,
     TooLarge,
 )
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for a state of the scheduler or the model, not for a guess of time."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
 
 
 class FakeModel:
@@ -142,7 +151,7 @@ def test_fair_turns_a_small_job_passes_a_big_one() -> None:
 
     async def main() -> None:
         big = asyncio.create_task(_submit(sched, _grid(60), 1.0))
-        await asyncio.sleep(0.05)  # the big job is well under way
+        await until(lambda: len(model.calls) >= 5)  # the big job is well under way
         small = await _submit(sched, _grid(3), 2.0)
         assert not big.done()  # the small one finished first
         assert len(small.pasted) == 3
@@ -162,7 +171,7 @@ def test_a_thin_image_of_many_tiles_does_not_hold_the_model() -> None:
 
     async def main() -> float:
         thin = asyncio.create_task(_submit(sched, plan_tiles(1, 2000, 8, 0), 1.0))
-        await asyncio.sleep(0.02)
+        await until(lambda: len(model.calls) >= 3)
         t0 = time.perf_counter()
         await _submit(sched, _grid(2), 2.0)
         waited = time.perf_counter() - t0
@@ -181,12 +190,12 @@ def test_withdrawn_job_leaves_the_queue_and_costs_at_most_the_tiles_in_flight() 
         sink = Sink(1.0, _grid(200))
         job = sched.admit(sink.plan, asyncio.get_running_loop().time() + 10)
         task = asyncio.create_task(sched.run(job, sink.cut, sink.paste))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(model.calls) >= 10)
         task.cancel()  # the client left
         with pytest.raises(asyncio.CancelledError):
             await task
         ran = len(model.calls)
-        await asyncio.sleep(0.1)
+        await until(lambda: not sched.busy)  # every call started has ended
         assert len(model.calls) - ran <= 2  # only the two calls already running
         assert sched.waiting_tiles == 0 and sched.drain_s == 0
         return sink
@@ -204,7 +213,7 @@ def test_deadline_is_deadline_exceeded_and_withdraws() -> None:
         with pytest.raises(DeadlineExceeded):
             await _submit(sched, _grid(100), 1.0, timeout=0.1)
         calls = len(model.calls)
-        await asyncio.sleep(0.05)
+        await until(lambda: not sched.busy)
         assert len(model.calls) <= calls + 1
         await _submit(sched, _grid(2), 2.0)  # the service goes on
 
@@ -218,7 +227,7 @@ def test_tiles_of_one_shape_from_different_jobs_share_a_call() -> None:
 
     async def main() -> None:
         blocker = asyncio.create_task(_submit(sched, _grid(1, 16), 0.0))  # another shape
-        await asyncio.sleep(0.005)
+        await until(lambda: sched.busy)
         await asyncio.gather(*(_submit(sched, _grid(2), float(i)) for i in range(1, 5)),
                              blocker)
 
@@ -301,7 +310,7 @@ def test_stop_fails_waiting_jobs_as_busy() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(_submit(sched, _grid(50), 1.0))
-        await asyncio.sleep(0.03)
+        await until(lambda: len(model.calls) >= 2)
         await sched.stop()
         with pytest.raises(Busy):
             await task
@@ -350,7 +359,7 @@ def test_a_request_overtakes_a_background_job_waiting_only_for_its_running_tiles
 
     async def main() -> None:
         big = asyncio.create_task(_submit_background(sched, _grid(200), 1.0))
-        await asyncio.sleep(0.05)  # the background job holds both workers
+        await until(lambda: len(model.calls) >= 4)  # the background job holds both workers
         before = len(model.calls)
         small = await _submit(sched, _grid(6), 2.0)
         assert len(small.pasted) == 6 and not big.done()
