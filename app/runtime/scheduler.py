@@ -64,7 +64,11 @@ class Scheduler(Admission):
         h, w, h, w, (Span(0, 0, h),), (Span(0, 0, w),))
 
     def __post_init__(self) -> None:
-        self._ring: deque[TileWork] = deque()  # admitted jobs with tiles waiting, in turn order
+        # Jobs with tiles waiting: those not served yet, in order of arrival, and those
+        # served at least once, in turn order. Turns alternate between the two.
+        self._fresh: deque[TileWork] = deque()
+        self._ring: deque[TileWork] = deque()
+        self._fresh_next = True
         self._jobs: set[TileWork] = set()  # admitted, not finished
         self._busy = 0  # workers running a batch
         self._batches = 0
@@ -119,8 +123,9 @@ class Scheduler(Admission):
     def release(self, job: TileWork) -> None:
         """Forget a job: finished, failed or withdrawn. Idempotent."""
         self._jobs.discard(job)
-        with contextlib.suppress(ValueError):
-            self._ring.remove(job)
+        for line in (self._fresh, self._ring):
+            with contextlib.suppress(ValueError):
+                line.remove(job)
 
     # -- running -------------------------------------------------------------------------
 
@@ -134,7 +139,7 @@ class Scheduler(Admission):
         job.cut, job.paste = cut, paste
         job.pending = iter(job.plan.tiles())
         job.done_future = loop.create_future()
-        self._ring.appendleft(job)  # a new job takes the next turn
+        self._fresh.append(job)  # its first turn comes next, after those who came before
         self._dispatch()
         try:
             async with asyncio.timeout_at(None if math.isinf(job.deadline) else job.deadline):
@@ -152,20 +157,29 @@ class Scheduler(Admission):
             raise BatchFailed("inference failed") from job.error
         return job
 
+    def _turns(self) -> list[TileWork]:
+        """The order of the next turns, most urgent priority first: a job not served yet
+        and the ring take turns about, so a newcomer goes next (a small request passes a
+        big one) and, among newcomers, the older first; no job can be passed over more
+        than once per turn of every other job (no starvation under a stream of small ones)."""
+        first, second = (self._fresh, self._ring) if self._fresh_next else (self._ring,
+                                                                              self._fresh)
+        order = [*first, *second]
+        top = min(job.priority for job in order)
+        return [job for job in order if job.priority == top]
+
     def _take_batch(self) -> list[tuple[TileWork, int, int]]:
-        """Up to max_batch tiles of one shape, one per job per turn, starting at the first
-        job of the most urgent priority that has tiles waiting."""
-        top = min(job.priority for job in self._ring)
-        head = next(job for job in self._ring if job.priority == top)
-        shape = head.plan.shape
+        """Up to max_batch tiles of one shape, one per job per turn, in turn order."""
+        turns = self._turns()
+        shape = turns[0].plan.shape
         batch: list[tuple[TileWork, int, int]] = []
         served: list[TileWork] = []
         while len(batch) < self.max_batch:
             progressed = False
-            for job in list(self._ring):
+            for job in turns:
                 if len(batch) >= self.max_batch:
                     break
-                if job.priority != top or job.plan.shape != shape or job.waiting == 0:
+                if job.plan.shape != shape or job.waiting == 0:
                     continue
                 assert job.pending is not None
                 r, c = next(job.pending)
@@ -176,15 +190,17 @@ class Scheduler(Admission):
                     served.append(job)
             if not progressed:
                 break
+        if self._fresh and self._ring:
+            self._fresh_next = served[0] not in self._fresh if served else self._fresh_next
         for job in served:  # their turn is used: to the back of the ring, or out of it
-            self._ring.remove(job)
+            (self._fresh if job in self._fresh else self._ring).remove(job)
             if job.waiting:
                 self._ring.append(job)
         return batch
 
     def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._busy < self.workers and self._ring and not self._closed:
+        while self._busy < self.workers and (self._fresh or self._ring) and not self._closed:
             batch = self._take_batch()
             if not batch:
                 break

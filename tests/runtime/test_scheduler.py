@@ -406,3 +406,39 @@ def test_running_background_tiles_count_against_a_tight_deadline() -> None:
             sched.admit(_grid(1), now + 1.05)
 
     asyncio.run(main())
+
+
+def test_a_stream_of_one_tile_requests_starves_no_one() -> None:
+    """Two new one-tile requests arrive per model call, more than it can serve: each still
+    waits a bounded number of calls in order of arrival (no stack), and the big request
+    beside them keeps getting turns."""
+    model = FakeModel(delay=0.002)
+    sched = _sched(model, cost=CostModel(per_pixel_s=1e-9), timeout_s=60.0)
+    waits: dict[float, int] = {}
+
+    async def small(ident: float) -> None:
+        start = len(model.calls)
+        await _submit(sched, _grid(1), ident, timeout=60.0)
+        waits[ident] = len(model.calls) - start
+
+    async def main() -> None:
+        big = asyncio.create_task(_submit(sched, _grid(40), 1.0, timeout=60.0))
+        smalls = []
+        for k in range(30):
+            await until(lambda k=k: len(model.calls) >= k)
+            smalls += [asyncio.create_task(small(100.0 + 2 * k)),
+                       asyncio.create_task(small(101.0 + 2 * k))]
+        await asyncio.gather(*smalls)
+        await big
+
+    asyncio.run(main())
+    order = [ids[0] for ids in model.calls]
+    # Served in order of arrival: the one-tile requests' first (and only) calls are sorted.
+    served = [i for i in order if i >= 100.0]
+    assert served == sorted(served)
+    # The backlog grows by one a call, so a wait is bounded by the requests ahead, twice
+    # (turns alternate with the big request): never the unbounded wait of a stack.
+    assert max(waits.values()) <= 2 * 60 + 2
+    # The big request had every other turn while the stream lasted.
+    first_half = order[:60]
+    assert first_half.count(1.0) >= 25
