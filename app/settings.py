@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(0, ge=0, description="tiles of one shape per model call (0 = "
                                 "auto: 1 on the CPU, where batching measured slower; 8 on the GPU)")
     queue_limit: int = Field(2048, ge=1, description="tiles waiting, per model; beyond: 503")
+    max_batch_images: int = Field(64, ge=1, description="images one v2 infer request may "
+                                  "hold (413 beyond)")
     max_tiles_per_request: int = Field(4096, ge=1, description="tiles one request may need; "
                                        "beyond: 413")
     admission_headroom: float = Field(0.8, gt=0, le=1, description="share of a request's "

@@ -20,6 +20,11 @@ from model import contract
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 FP32 = np.dtype("<f4")  # the protocol's binary tensors are little-endian
+# JSON tensors cost about ten times their values' bytes to parse and to write: they are for
+# small inputs (Triton caps them too). Bigger tensors use the binary extension.
+MAX_JSON_VALUES = 1 << 20
+MAX_DEPTH = 16  # of the JSON header's nesting: a tensor of rank 4 needs 7
+FP32_MAX = float(np.finfo(np.float32).max)
 
 
 class ProtocolError(ValueError):
@@ -48,6 +53,30 @@ def _shape(item: dict, name: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _finite(array: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise ProtocolError(f"input {name!r}: values must be finite FP32 numbers (no NaN, "
+                            "no infinity, nothing beyond 3.4e38)")
+    return array
+
+
+def _numbers(data: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """JSON `data`, flat or nested as the shape: numbers only (no strings, no booleans)."""
+    flat = data
+    for _ in range(len(shape) - 1):  # nested row-major lists: flatten level by level
+        if not (isinstance(flat, list) and flat and all(isinstance(v, list) for v in flat)):
+            break
+        flat = [v for row in flat for v in row]
+    if not isinstance(flat, list) or not all(
+            type(v) is float or type(v) is int for v in flat):
+        raise ProtocolError(f"input {name!r}: data must be a list of numbers (JSON numbers, "
+                            "not strings or booleans)")
+    if any(type(v) is int and abs(v) > FP32_MAX for v in flat):
+        raise ProtocolError(f"input {name!r}: a value is beyond the FP32 range")
+    with np.errstate(over="ignore"):
+        return np.asarray(flat, dtype=np.float32)
+
+
 def _tensor(item: dict, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
     """One input tensor; returns its name, its array and the next binary offset."""
     name = item.get("name")
@@ -67,16 +96,16 @@ def _tensor(item: dict, binary: memoryview, offset: int) -> tuple[str, np.ndarra
             raise ProtocolError(f"input {name!r}: the binary data ends before its "
                                 f"{size} bytes")
         array = np.frombuffer(binary[offset : offset + size], FP32).reshape(shape)
-        return name, array.astype(np.float32), offset + size
+        return name, _finite(array.astype(np.float32), name), offset + size
     if "data" not in item:
         raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
-    try:
-        array = np.asarray(item["data"], dtype=np.float32)
-    except (TypeError, ValueError) as err:
-        raise ProtocolError(f"input {name!r}: data is not a list of numbers") from err
+    if count > MAX_JSON_VALUES:
+        raise ProtocolError(f"input {name!r}: {count} values are too many for JSON (at most "
+                            f"{MAX_JSON_VALUES}); send it with the binary tensor extension")
+    array = _numbers(item["data"], shape, name)
     if array.size != count:
         raise ProtocolError(f"input {name!r}: {array.size} values for shape {list(shape)}")
-    return name, array.reshape(shape), offset
+    return name, _finite(array, name).reshape(shape), offset
 
 
 def parse_request(body: bytes, header_length: int | None) -> InferRequest:
@@ -86,9 +115,12 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if not 0 < header_length <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} {header_length} does not fit a body of "
                             f"{len(body)} bytes")
+    header = body[:header_length]
+    if _depth(header) > MAX_DEPTH:
+        raise ProtocolError(f"the request header nests deeper than {MAX_DEPTH} levels")
     try:
-        doc = _object(json.loads(body[:header_length]), "the request")
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        doc = _object(json.loads(header, parse_constant=_no_constant), "the request")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ProtocolError(f"the request header is not JSON: {err}") from None
     items = doc.get("inputs")
     if not isinstance(items, list) or not items:
@@ -102,15 +134,45 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data that no input "
                             "declares")
+    listed = doc.get("outputs", [])
+    if not isinstance(listed, list):
+        raise ProtocolError("outputs must be a list")
     outputs = {}
-    for item in doc.get("outputs") or []:
+    for item in listed:
         item = _object(item, "an output")
+        if not isinstance(item.get("name"), str):
+            raise ProtocolError("every output needs a name")
         params = _object(item.get("parameters") or {}, "parameters")
-        outputs[str(item.get("name"))] = bool(params.get("binary_data", False))
+        outputs[item["name"]] = _flag(params.get("binary_data", False), "binary_data")
     params = _object(doc.get("parameters") or {}, "parameters")
     request_id = doc.get("id")
-    return InferRequest(None if request_id is None else str(request_id), inputs, outputs,
-                        bool(params.get("binary_data_output", False)))
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("id must be a string")
+    return InferRequest(request_id, inputs, outputs,
+                        _flag(params.get("binary_data_output", False), "binary_data_output"))
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{name} must be true or false")
+    return value
+
+
+def _no_constant(token: str) -> Any:
+    raise ProtocolError(f"{token} is not a number the protocol takes: values must be finite")
+
+
+def _depth(raw: bytes) -> int:
+    """Deepest nesting of [ and { in a JSON text (brackets inside strings counted too, which
+    only errs towards refusing a header no tensor request would send)."""
+    brackets = np.frombuffer(raw.translate(None, _NOT_BRACKETS), np.uint8)
+    if not len(brackets):
+        return 0
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
+
+
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def encode_response(model: str, version: str, request: InferRequest,

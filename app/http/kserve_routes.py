@@ -10,7 +10,9 @@ and admission as `/upscale`; errors are the protocol's `{"error": "..."}`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from typing import Annotated, Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from app.runtime.upscaler import Upscaler
 from model import contract
 
 log = logging.getLogger("app.kserve")
+DIGITS = re.compile(r"[0-9]{1,12}")
 router = APIRouter(prefix="/v2")
 
 SERVER_NAME = "lsrcnn"
@@ -133,9 +136,10 @@ async def _infer(request: Request, up: Upscaler, name: str, version: str | None)
     try:
         _model(up, name, version)
         parsed = await _parse(request)
+        x = _input(parsed, up.settings.max_batch_images)
+        _check_json_output(parsed, x.shape, up.engine.models[name].scale)
         pipeline: Pipeline = request.app.state.pipeline
-        work = pipeline.tensor(name, _input(parsed), await deadline(request, up),
-                               request_id(request))
+        work = pipeline.tensor(name, x, await deadline(request, up), request_id(request))
         out = await unless_client_leaves(request, work)
     except Exception as err:
         problem = problem_of(err, request_id(request))
@@ -144,8 +148,9 @@ async def _infer(request: Request, up: Upscaler, name: str, version: str | None)
         return render_v2(problem)
     if out is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
-    body, header_length = codec.encode_response(name, VERSION, parsed,
-                                                {contract.OUTPUT_NAME: out})
+    # Off the event loop: a JSON answer is written value by value.
+    body, header_length = await asyncio.to_thread(
+        codec.encode_response, name, VERSION, parsed, {contract.OUTPUT_NAME: out})
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream",
@@ -156,12 +161,14 @@ async def _parse(request: Request) -> codec.InferRequest:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise Problem(400, "compressed request bodies are not supported")
     given = request.headers.get(codec.HEADER_LENGTH.lower())
-    if given is not None and not given.isdigit():
-        raise Problem(400, f"{codec.HEADER_LENGTH} must be a number of bytes")
+    if given is not None and not DIGITS.fullmatch(given):
+        raise Problem(400, f"{codec.HEADER_LENGTH} must be a number of bytes (ASCII digits)")
     # Read without request.body()'s cache, as /upscale reads its image.
     body = b"".join([chunk async for chunk in request.stream()])
     try:
-        parsed = codec.parse_request(body, None if given is None else int(given))
+        # Off the event loop: JSON tensors are parsed and checked value by value.
+        parsed = await asyncio.to_thread(codec.parse_request, body,
+                                         None if given is None else int(given))
     except codec.ProtocolError as err:
         raise Problem(400, str(err)) from None
     unknown = set(parsed.outputs) - {contract.OUTPUT_NAME}
@@ -171,7 +178,7 @@ async def _parse(request: Request) -> codec.InferRequest:
     return parsed
 
 
-def _input(parsed: codec.InferRequest) -> np.ndarray:
+def _input(parsed: codec.InferRequest, max_images: int) -> np.ndarray:
     if set(parsed.inputs) != {contract.INPUT_NAME}:
         raise Problem(400, f"the model takes one input, '{contract.INPUT_NAME}'; got "
                            f"{sorted(parsed.inputs)}")
@@ -180,4 +187,17 @@ def _input(parsed: codec.InferRequest) -> np.ndarray:
         contract.check_input(x.shape)
     except ValueError as err:
         raise Problem(400, str(err)) from None
+    if x.shape[0] > max_images:
+        raise Problem(413, f"{x.shape[0]} images in one request; the limit is {max_images} "
+                           "(LSRCNN_MAX_BATCH_IMAGES): send them in several requests")
     return x
+
+
+def _check_json_output(parsed: codec.InferRequest, shape: tuple[int, ...], scale: int
+                       ) -> None:
+    """An answer asked for as JSON must stay small enough to write: before any work."""
+    values = shape[0] * shape[2] * shape[3] * scale * scale
+    binary = parsed.outputs.get(contract.OUTPUT_NAME, parsed.binary_output)
+    if not binary and values > codec.MAX_JSON_VALUES:
+        raise Problem(413, f"the output has {values} values, too many for JSON (at most "
+                           f"{codec.MAX_JSON_VALUES}); ask for it in binary (binary_data)")

@@ -173,14 +173,15 @@ class Pipeline:
     async def tensor(self, model: str, x: np.ndarray, deadline: float, request_id: str = ""
                      ) -> np.ndarray:
         """v2 infer: the model contract's tensor, [N, 1, H, W] of Y / 255, through the
-        scheduler, each image one admitted unit of work; [N, 1, sH, sW] out.
+        scheduler as one unit of work (admitted, run and refused as a whole); [N, 1, sH, sW]
+        out.
 
         An image within the tile bound is one tile of its own size, so the answer is the
         model's own output; above it the service's tiling applies (overlap, pasted cores).
+        The N images are planned once; the unit's tiles are theirs, image by image.
         """
         up = self.up
-        sched, scale, labels = up.schedulers[model], up.engine.models[model].scale, \
-            up.labels(model)
+        scale, labels = up.engine.models[model].scale, up.labels(model)
         contract.check_input(x.shape)
         n, _, h, w = x.shape
         limits = up.settings
@@ -189,37 +190,28 @@ class Pipeline:
                            f"{limits.max_input_pixels} input pixels per image and "
                            f"{limits.max_output_pixels} output pixels per request",
                            "too_many_pixels")
-        plan = up.plan_tensor(h, w)
-        works: list[TileWork] = []
-        try:
-            for k in range(n):
-                works.append(up.admit(model, plan, deadline, f"{request_id}#{k}"))
-        except BaseException:
-            for work in works:
-                sched.release(work)
-            raise
+        one = up.plan_tensor(h, w)
+        plan = tiling.stacked(one, n)
+        up.schedulers[model].check_tiles(plan)
+        work = up.admit(model, plan, deadline, request_id)
         out = np.empty(contract.output_shape(x.shape, scale), np.float32)
+        rows = len(one.rows)  # row r of the stack is row r % rows of image r // rows
+
+        def cut(r: int, c: int) -> np.ndarray:
+            return tiling.cut(x[r // rows, 0], one, r % rows, c)
+
+        def paste(r: int, c: int, y: np.ndarray) -> None:
+            tiling.paste(out[r // rows, 0], y, one, r % rows, c, scale)
+
         started = asyncio.get_running_loop().time()
-
-        def cut(k: int) -> Callable[[int, int], np.ndarray]:
-            return lambda r, c: tiling.cut(x[k, 0], plan, r, c)
-
-        def paste(k: int) -> Callable[[int, int, np.ndarray], None]:
-            return lambda r, c, y: tiling.paste(out[k, 0], y, plan, r, c, scale)
-
-        runs = [asyncio.ensure_future(sched.run(work, cut(k), paste(k)))
-                for k, work in enumerate(works)]
+        sched = up.schedulers[model]
         try:
-            await asyncio.gather(*runs)
-        finally:  # one failed or we were cancelled: the others' tiles leave the queue too
-            for run in runs:
-                run.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
-            for work in works:
-                sched.release(work)
-        for work in works:
-            queued = work.started_at - started if work.started_at is not None else 0.0
-            up.record_pixels(labels, plan, scale, max(0.0, queued))
+            await sched.run(work, cut, paste)
+        finally:
+            sched.release(work)
+        queued = work.started_at - started if work.started_at is not None else 0.0
+        for _ in range(n):
+            up.record_pixels(labels, one, scale, max(0.0, queued))
         return out
 
     def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,

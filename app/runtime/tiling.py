@@ -101,6 +101,16 @@ def plan_from_dict(d: dict) -> TilePlan:
                     tuple(Span(**s) for s in d["rows"]), tuple(Span(**s) for s in d["cols"]))
 
 
+def stacked(plan: TilePlan, count: int) -> TilePlan:
+    """The plan of `count` images of one size stacked top to bottom, each tiled by `plan`
+    (a batch of tensors as one unit of work: its count and cost are the batch's; tiles are
+    cut from each image by its own plan)."""
+    h = plan.height
+    rows = tuple(Span(s.start + k * h, s.core_lo + k * h, s.core_hi + k * h)
+                 for k in range(count) for s in plan.rows)
+    return TilePlan(h * count, plan.width, plan.tile_h, plan.tile_w, rows, plan.cols)
+
+
 def transposed(plan: TilePlan) -> TilePlan:
     """The plan of the image turned by 90 degrees: rows become columns, same tiles."""
     return TilePlan(plan.width, plan.height, plan.tile_w, plan.tile_h, plan.cols, plan.rows)

@@ -9,7 +9,9 @@ import json
 from collections import Counter
 
 import numpy as np
+import pytest
 
+from app.http import kserve_codec as codec
 from tests.helpers import make_app, running
 from tests.server import metric
 
@@ -36,6 +38,12 @@ def _json(*inputs: dict, **kw: object) -> bytes:
 def _binary(shape: list, declared: int, payload: int) -> tuple[bytes, dict[str, str]]:
     header = _json(_input(shape, parameters={"binary_data_size": declared}))
     return header + bytes(payload), {LENGTH: str(len(header))}
+
+
+def _binary_values(shape: list, values: list) -> tuple[bytes, dict[str, str]]:
+    raw = np.asarray(values, "<f4").tobytes()
+    header = _json(_input(shape, parameters={"binary_data_size": len(raw)}))
+    return header + raw, {LENGTH: str(len(header))}
 
 
 def cases() -> list[tuple[str, int, str, bytes, dict[str, str]]]:
@@ -81,13 +89,41 @@ def cases() -> list[tuple[str, int, str, bytes, dict[str, str]]]:
         ("binary size not the shape's", 400, infer, *_binary([1, 1, 2, 2], 15, 15)),
         ("100 MB declared, none sent", 400, infer, *_binary([1, 1, 5000, 5000], 10**8, 0)),
         ("over the pixel limit", 413, infer, _json(_input([1, 1, 20, 20], [0.5] * 400)), {}),
+        # Found by a hostile client: each once answered 500, or was taken as a number.
+        ("nested 100,000 deep", 400, infer,
+         b'{"inputs": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", {}),
+        ("outputs not a list", 400, infer, _json(ok, outputs=5), {}),
+        ("output without a name", 400, infer, _json(ok, outputs=[{"x": 1}]), {}),
+        ("binary_data not a flag", 400, infer,
+         _json(ok, outputs=[{"name": "output", "parameters": {"binary_data": "yes"}}]), {}),
+        # The byte 0xB2 is "²" in Latin-1, as HTTP header values are read: str.isdigit() says
+        # yes to it and int() fails.
+        ("header length in superscript digits", 400, infer, _json(ok), {LENGTH: b"\xb2"}),
+        ("NaN", 400, infer, _json(_input([1, 1, 2, 2], [float("nan")] * 4)), {}),
+        ("Infinity", 400, infer, _json(_input([1, 1, 2, 2], [float("inf")] * 4)), {}),
+        ("1e39, beyond FP32", 400, infer, _json(_input([1, 1, 2, 2], [1e39] * 4)), {}),
+        ("a huge integer", 400, infer, _json(_input([1, 1, 2, 2], [10**40] * 4)), {}),
+        ("numbers as strings", 400, infer, _json(_input([1, 1, 2, 2], ["0.5"] * 4)), {}),
+        ("booleans", 400, infer, _json(_input([1, 1, 2, 2], [True] * 4)), {}),
+        ("null values", 400, infer, _json(_input([1, 1, 2, 2], [None] * 4)), {}),
+        ("binary NaN", 400, infer, *_binary_values([1, 1, 2, 2], [np.nan, 0, 0, 0])),
+        ("binary infinity", 400, infer, *_binary_values([1, 1, 2, 2], [np.inf, 0, 0, 0])),
+        ("id not a string", 400, infer, _json(ok, id=5), {}),
+        ("more images than a request may hold", 413, infer,
+         _json(_input([65, 1, 1, 1], [0.5] * 65)), {}),
+        ("an answer too big for JSON", 413, "/v2/models/lsrcnn-lite-x4/infer",
+         *_binary_values([1, 1, 10, 10], [0.5] * 100)),
         ("unknown model", 404, "/v2/models/nope-x9/infer", _json(ok), {}),
         ("unknown version", 404, f"{MODEL}/versions/7/infer", _json(ok), {}),
     ]
     return out
 
 
-def test_malformed_infer_requests_get_4xx_and_never_5xx() -> None:
+def test_malformed_infer_requests_get_4xx_and_never_5xx(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # A small JSON cap (the real one is 2^20 values), so that an x4 answer of 1,600 values
+    # passes it with a small body while every JSON input here stays under it.
+    monkeypatch.setattr(codec, "MAX_JSON_VALUES", 1000)
     corpus = cases()
     histogram: Counter = Counter()
     wrong: list[str] = []
