@@ -89,6 +89,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     LSRCNN_HOST=0.0.0.0 \
+    LSRCNN_ALLOWED_HOSTS="*" \
     LSRCNN_PORT=8000
 
 LABEL org.opencontainers.image.title="lsrcnn" \

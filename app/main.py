@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     routes |= {"/", "/v1/jobs"}  # job ids and file names would make a label per job
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        routes=routes, client_timeout_s=settings.client_timeout_s, drain=drain,
-                       allowed_origins=settings.allowed_origins)
+                       allowed_origins=settings.allowed_origins, allowed_hosts=settings.hosts)
     if settings.allowed_origins:  # outermost, so preflights are answered before anything else
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=["GET", "POST", "DELETE"],

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
                                  "to load, retry after this many seconds (0 = never)")
     cors_origins: str = Field("", description="comma-separated origins allowed cross-origin "
                               "(CORS); empty: none")
+    allowed_hosts: str = Field("", description="comma-separated names the Host header may "
+                               "carry (400 otherwise: no DNS rebinding); empty: the loopback "
+                               "names and LSRCNN_HOST; * any (the container image's default)")
     api_key: SecretStr | None = Field(None, description="when set, /upscale needs "
                                       "`Authorization: Bearer <key>`")
     docs: bool = Field(False, description="serve /docs and /redoc (their scripts load from a "
@@ -102,6 +105,13 @@ class Settings(BaseSettings):
     @property
     def allowed_origins(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def hosts(self) -> set[str]:
+        """The Host names served (lower case, no port); {"*"} for any."""
+        given = {h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",")
+                 if h.strip()}
+        return given or {"localhost", "127.0.0.1", "::1", self.host.lower().strip("[]")}
 
     def resolved_workers(self, on_gpu: bool) -> int:
         if self.workers:

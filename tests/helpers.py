@@ -60,7 +60,9 @@ async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.
 
 
 # Small tiles and batches keep each test app's warm-up short; the defaults are tested end to end.
-TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4, "workers": 2}
+# The in-process client's Host is "test".
+TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4, "workers": 2,
+                 "allowed_hosts": "test,localhost,127.0.0.1"}
 
 
 def make_app(engine_class: Callable[[Settings], Engine] | None = None,

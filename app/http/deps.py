@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from app.runtime.upscaler import AUTO, UnknownModel, Upscaler
 
 T = TypeVar("T")
 RAW_TYPES = ("image/", "application/octet-stream")
+BOUNDARY = re.compile(r'boundary=("?)([^";]+)\1', re.IGNORECASE)
 FILE_FIELD = "file"
 
 
@@ -112,7 +114,18 @@ async def image_body(request: Request) -> bytes:
     a wrong parameter answers before the body is read)."""
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=8)
+        body = b"".join([chunk async for chunk in request.stream()])
+        boundary = BOUNDARY.search(request.headers.get("content-type", ""))
+        closing = b"--" + boundary.group(2).encode("latin-1") + b"--" if boundary else b""
+        if not closing or closing not in body[-len(closing) - 8:]:
+            # The parser takes a cut-off body as a form with fewer fields: say what it is.
+            raise Problem(400, "malformed multipart body: it ends before its closing boundary")
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+        del body
         upload = form.get(FILE_FIELD)
         if not isinstance(upload, UploadFile):
             raise Problem(422, f"multipart body needs a file field named '{FILE_FIELD}'")

@@ -21,8 +21,10 @@ from model import contract
 HEADER_LENGTH = "Inference-Header-Content-Length"
 FP32 = np.dtype("<f4")  # the protocol's binary tensors are little-endian
 # JSON tensors cost about ten times their values' bytes to parse and to write: they are for
-# small inputs (Triton caps them too). Bigger tensors use the binary extension.
-MAX_JSON_VALUES = 1 << 20
+# small tensors (a 512x512 image), and a JSON header is refused by its size before it is
+# parsed. Bigger tensors use the binary extension.
+MAX_JSON_VALUES = 1 << 18
+MAX_JSON_BYTES = 4 << 20
 MAX_DEPTH = 16  # of the JSON header's nesting: a tensor of rank 4 needs 7
 FP32_MAX = float(np.finfo(np.float32).max)
 
@@ -116,6 +118,10 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError(f"{HEADER_LENGTH} {header_length} does not fit a body of "
                             f"{len(body)} bytes")
     header = body[:header_length]
+    if len(header) > MAX_JSON_BYTES:
+        raise ProtocolError(f"the JSON part of the request is {len(header)} bytes, over "
+                            f"{MAX_JSON_BYTES}: send big tensors with the binary tensor "
+                            "extension")
     if _depth(header) > MAX_DEPTH:
         raise ProtocolError(f"the request header nests deeper than {MAX_DEPTH} levels")
     try:

@@ -26,10 +26,11 @@ DRAIN_OPEN = {"/health/live", "/v2/health/live", "/health/ready", "/v2/health/re
 class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int,
                  routes: set[str], client_timeout_s: float, drain: Drain,
-                 allowed_origins: list[str]) -> None:
+                 allowed_origins: list[str], allowed_hosts: set[str]) -> None:
         self.app, self.metrics, self.max_body, self.routes = app, metrics, max_body_bytes, routes
         self.client_timeout_s, self.drain = client_timeout_s, drain
-        self.allowed_origins = set(allowed_origins)
+        self.allowed_origins = {k for o in allowed_origins if (k := _origin_key(o))}
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,18 +123,64 @@ class RequestContext:
         if length.isdigit() and int(length) > self.max_body:
             await answer(413, f"body over the {self.max_body}-byte limit", {"Connection": "close"})
             return
+        if not self._host_ok(headers):
+            await answer(400, "the Host header names a host this service does not serve "
+                              "(LSRCNN_ALLOWED_HOSTS)")
+            return
         if not self._origin_ok(scope, headers):
             await answer(403, "cross-origin request from an origin not allowed "
                               "(LSRCNN_CORS_ORIGINS)")
             return
         await self.app(scope, receive, send)
 
+    def _host_ok(self, headers: dict[str, str]) -> bool:
+        """A page on a name the attacker owns, resolved to this address (DNS rebinding),
+        sends that name as Host: only the names configured are served."""
+        if "*" in self.allowed_hosts:
+            return True
+        return _hostname(headers.get("host", "")) in self.allowed_hosts
+
     def _origin_ok(self, scope: Scope, headers: dict[str, str]) -> bool:
         """Browsers send Origin on cross-origin POSTs, and a multipart form needs no CORS
-        preflight: refuse such writes unless same-origin or allowed."""
+        preflight: refuse such writes unless same-origin or from LSRCNN_CORS_ORIGINS,
+        compared by scheme, host and port."""
         origin = headers.get("origin")
         if origin is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return True
-        if origin.rstrip("/") in self.allowed_origins:
+        key = _origin_key(origin)
+        if key is not None and key in self.allowed_origins:
             return True
-        return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+        host = headers.get("host", "")
+        return key is not None and (key[1], key[2]) == (
+            _hostname(host), _port(host, DEFAULT_PORTS.get(key[0], 0)))
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _hostname(host: str) -> str | None:
+    """The name in a Host header (or an origin's netloc), lower case, without port or
+    IPv6 brackets; None when it does not parse."""
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def _port(host: str, default: int) -> int | None:
+    try:
+        return urlsplit(f"//{host}").port or default
+    except ValueError:
+        return None
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin, the port made explicit."""
+    try:
+        parts = urlsplit(origin.strip().rstrip("/"))
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    return parts.scheme.lower(), parts.hostname, port

@@ -31,15 +31,30 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False
+        self._head = b""  # the start of a request whose headers are not all in yet
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._header_timer is not None and self._head_too_long(data):
+            self._raw_error(431, "Request Header Fields Too Large",
+                            f"request line and headers over {MAX_HEADER_BYTES} bytes")
+            self.transport.close()
+            return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:
             self._partial = self._partial or bool(data)
         else:  # headers are in: the body has its own (ASGI-level) timeout
             self._disarm()
+
+    def _head_too_long(self, data: bytes) -> bool:
+        """h11 bounds only a request head that arrives in pieces: one sent in a single
+        write would pass whole. Count it here, however the bytes arrive."""
+        self._head += data[: MAX_HEADER_BYTES + 4 - len(self._head)]
+        end = self._head.find(b"\r\n\r\n")
+        if end == -1:
+            return len(self._head) > MAX_HEADER_BYTES
+        return end > MAX_HEADER_BYTES
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -53,6 +68,7 @@ class GuardedH11Protocol(H11Protocol):
     def _arm(self) -> None:
         self._disarm()
         self._partial = False
+        self._head = b""
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
 
     def _disarm(self) -> None:

@@ -369,7 +369,8 @@ def test_client_that_leaves_is_withdrawn() -> None:
                 sent.append(message)
 
             scope = {"type": "http", "method": "POST", "path": "/upscale",
-                     "query_string": b"scale=2", "headers": [(b"content-type", b"image/png")],
+                     "query_string": b"scale=2", "headers": [(b"content-type", b"image/png"),
+                                                                (b"host", b"test")],
                      "http_version": "1.1", "scheme": "http", "server": ("test", 80),
                      "client": ("127.0.0.1", 1), "root_path": "", "app": app}
             await app(scope, receive, send)

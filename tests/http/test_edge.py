@@ -148,7 +148,8 @@ async def _call(app, path: str, messages: list[dict], headers=None):  # type: ig
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
              "query_string": query.encode(), "root_path": "", "server": ("test", 80),
-             "client": ("127.0.0.1", 1), "headers": headers or [(b"content-type", b"image/png")]}
+             "client": ("127.0.0.1", 1),
+             "headers": [(b"host", b"test"), *(headers or [(b"content-type", b"image/png")])]}
     await app(scope, receive, send)
     return sent
 

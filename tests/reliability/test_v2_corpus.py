@@ -121,7 +121,7 @@ def cases() -> list[tuple[str, int, str, bytes, dict[str, str]]]:
 
 def test_malformed_infer_requests_get_4xx_and_never_5xx(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
-    # A small JSON cap (the real one is 2^20 values), so that an x4 answer of 1,600 values
+    # A small JSON cap (the real one is 2^18 values), so that an x4 answer of 1,600 values
     # passes it with a small body while every JSON input here stays under it.
     monkeypatch.setattr(codec, "MAX_JSON_VALUES", 1000)
     corpus = cases()
