@@ -45,9 +45,10 @@ def _raw(url: str, request: bytes) -> bytes:
 
 
 def _rss_kb(pid: int, key: str = "VmRSS") -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     raise AssertionError(key)
 
 
@@ -147,8 +148,8 @@ def test_a_32_mb_json_tensor_is_refused_in_proportion(server: tuple[str, int]) -
     url, pid = server
     side = 2828  # 8 M values: far over the JSON cap of 2^20
     values = ",".join(["0.5"] * (side * side))
-    body = ('{"inputs":[{"name":"input","shape":[1,1,%d,%d],"datatype":"FP32","data":[%s]}]}'
-            % (side, side, values)).encode()
+    body = ('{"inputs":[{"name":"input","shape":[1,1,' + f"{side},{side}" +
+            '],"datatype":"FP32","data":[' + values + "]}]}").encode()
     assert len(body) > 30_000_000
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
