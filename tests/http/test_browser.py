@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import ROOT, SET5
 from tests.server import metric, start_server
@@ -67,10 +68,12 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def _upscale(driver: webdriver.Chrome, path: Path, scale: int) -> None:
+def _upscale(driver: webdriver.Chrome, path: Path, scale: int, kind: str = "auto") -> None:
     driver.find_element(By.ID, "file").send_keys(str(path))
     WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "go").is_enabled())
     radio = driver.find_element(By.CSS_SELECTOR, f"input[name=scale][value='{scale}']")
+    driver.execute_script("arguments[0].click()", radio)
+    radio = driver.find_element(By.CSS_SELECTOR, f"input[name=kind][value='{kind}']")
     driver.execute_script("arguments[0].click()", radio)
     driver.find_element(By.ID, "go").click()
     WebDriverWait(driver, 120).until(
@@ -116,6 +119,26 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
     out = Path(os.environ.get("LSRCNN_SCREENSHOT_DIR", ROOT / ".ci-artifacts"))
     out.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(out / "page.png"))
+
+    # The model choice: Auto (the default) gives a compressed JPEG the photo model and a
+    # PNG the clean one; Clean and Photo force it. The page names the model it got.
+    photo = tmp_path / "head.jpg"
+    with Image.open(SET5 / "head.png") as img:
+        img.convert("RGB").save(photo, "JPEG", quality=50)
+
+    def used() -> str:
+        return browser.find_element(By.ID, "sizes").get_attribute("data-model")
+
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=kind][value='auto']").is_selected()
+    _upscale(browser, photo, 2)
+    assert used() == "lsrcnn-lite-photo-x2" and "lsrcnn-lite-photo-x2" in \
+        browser.find_element(By.ID, "sizes").text
+    _upscale(browser, photo, 2, "clean")
+    assert used() == "lsrcnn-lite-x2"
+    _upscale(browser, SET5 / "bird.png", 2, "auto")
+    assert used() == "lsrcnn-lite-x2"
+    _upscale(browser, SET5 / "bird.png", 2, "photo")
+    assert used() == "lsrcnn-lite-photo-x2"
 
     bad = tmp_path / "notes.png"
     bad.write_text("a shopping list, not a picture")
