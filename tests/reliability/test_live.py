@@ -141,8 +141,8 @@ def test_sigterm_drains_answers_stragglers_in_json_and_exits_0(tmp_path: Path) -
            "LSRCNN_SHUTDOWN_DELAY_S": "1"}
     with serving(tmp_path, env) as (proc, url):
         straggler = _connect(url)  # a body that will not finish within the grace period
-        straggler.sendall(b"POST /upscale HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                          b"Content-Length: 5000\r\n\r\n\x89PNG")
+        straggler.sendall(b"POST /upscale HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: image/png\r\nContent-Length: 5000\r\n\r\n\x89PNG")
         time.sleep(0.3)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
