@@ -158,10 +158,13 @@ def main() -> None:
     p.add_argument("--levels", nargs="+", default=["48x256", "64x256", "64x768"],
                    help="overload levels as CLIENTSxSIDE (square inputs)")
     p.add_argument("--compare", nargs="*", default=[], help="other checkouts to measure too")
+    p.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings for the servers, e.g. LSRCNN_REQUEST_TIMEOUT_S=10")
     args = p.parse_args()
+    env = dict(kv.split("=", 1) for kv in args.env)
     levels = [(int(c), int(side)) for c, side in (v.split("x") for v in args.levels)]
     for name, cwd in [("service", ROOT), *((Path(c).name, Path(c)) for c in args.compare)]:
-        with server(cwd=cwd) as (url, _):
+        with server(env, cwd=cwd) as (url, _):
             if "fairness" in args.what:
                 fairness(url, name)
             if "cancel" in args.what:
