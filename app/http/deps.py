@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import Depends, Query, Request
 from starlette.datastructures import UploadFile
 
-from app.http.problems import Problem
+from app.http.problems import ErrorBody, Problem
+from app.images import imaging
 from app.images.pipeline import Pipeline
 from app.runtime.upscaler import AUTO, UnknownModel, Upscaler
 
@@ -25,6 +26,34 @@ T = TypeVar("T")
 RAW_TYPES = ("image/", "application/octet-stream")
 BOUNDARY = re.compile(r'boundary=("?)([^";]+)\1', re.IGNORECASE)
 FILE_FIELD = "file"
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Both ways to send the image, as the OpenAPI spec shows them.
+UPSCALE_BODY = {"requestBody": {"required": True, "content": {
+    "image/*": BINARY,
+    "application/octet-stream": BINARY,
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": [FILE_FIELD],
+        "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
+}}}
+
+
+def error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI descriptions of the error answers a route gives."""
+    what = {400: "corrupt or truncated image, malformed multipart, empty body",
+            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
+            403: "cross-origin request from an origin not allowed",
+            408: "the body did not arrive within LSRCNN_CLIENT_TIMEOUT_S",
+            413: "body, input pixels or output pixels over their limits",
+            415: f"not an image in an accepted format ({imaging.ACCEPTED_NAMES}), or a "
+                 "Content-Type that is neither image/* nor multipart",
+            422: "bad parameter, multi-frame image, or an output the format cannot hold",
+            500: "the model failed",
+            503: "not ready, queue full or shutting down (Retry-After)",
+            504: "the request deadline passed"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
+
 
 
 async def get_upscaler(request: Request) -> Upscaler:

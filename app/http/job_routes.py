@@ -10,9 +10,8 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from app.background import spool
 from app.background.jobs import Entry, JobManager, SpoolFull
-from app.http.deps import Authorized, ChoiceDep, ImageBody
+from app.http.deps import UPSCALE_BODY, Authorized, ChoiceDep, ImageBody, error_docs
 from app.http.problems import Problem
-from app.http.routes import UPSCALE_BODY, _errors
 
 router = APIRouter()
 
@@ -28,7 +27,7 @@ _JOB = {"content": {"application/json": {"schema": {
         "scale": {"type": "integer"}, "model": {"type": "string"},
         "format": {"type": "string"},
         "error": {"type": "string"}, "result_url": {"type": "string"}}}}}}
-_404 = {404: {**_errors(400)[400], "description": "no such job (or it expired)"}}
+_404 = {404: {**error_docs(400)[400], "description": "no such job (or it expired)"}}
 
 
 def _jobs(request: Request) -> JobManager:
@@ -44,7 +43,7 @@ def _entry(request: Request, job_id: str) -> Entry:
 
 @router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY, dependencies=[Authorized],
              responses={202: {**_JOB, "description": "accepted; Location names the job"},
-                        **_errors(400, 401, 403, 408, 413, 415, 422, 503)})
+                        **error_docs(400, 401, 403, 408, 413, 415, 422, 503)})
 async def create_job(
     request: Request, choice: ChoiceDep, data: ImageBody,
     format: Literal["png", "jpeg", "webp"] | None = Query(
@@ -87,7 +86,7 @@ async def job_result(request: Request, job_id: str) -> Response:
 
 
 @router.delete("/v1/jobs/{job_id}", dependencies=[Authorized],
-               responses={200: _JOB, **_errors(401), **_404})
+               responses={200: _JOB, **error_docs(401), **_404})
 async def delete_job(request: Request, job_id: str) -> JSONResponse:
     _entry(request, job_id)
     view = await _jobs(request).cancel(job_id)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.http.deps import (
-    FILE_FIELD,
+    BINARY,
+    UPSCALE_BODY,
     Authorized,
     ChoiceDep,
     Deadline,
@@ -17,45 +18,20 @@ from app.http.deps import (
     PipelineDep,
     RefuseEarly,
     UpscalerDep,
+    error_docs,
     unless_client_leaves,
 )
 from app.http.errors import request_id
-from app.http.problems import CLIENT_GONE, ErrorBody
+from app.http.problems import CLIENT_GONE
 from app.images import imaging
 
 router = APIRouter()
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-# Both ways to send the image, as the OpenAPI spec shows them.
-UPSCALE_BODY = {"requestBody": {"required": True, "content": {
-    "image/*": _BINARY,
-    "application/octet-stream": _BINARY,
-    "multipart/form-data": {"schema": {
-        "type": "object", "required": [FILE_FIELD],
-        "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
-}}}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    what = {400: "corrupt or truncated image, malformed multipart, empty body",
-            401: "LSRCNN_API_KEY is set and the bearer token is missing or wrong",
-            403: "cross-origin request from an origin not allowed",
-            408: "the body did not arrive within LSRCNN_CLIENT_TIMEOUT_S",
-            413: "body, input pixels or output pixels over their limits",
-            415: f"not an image in an accepted format ({imaging.ACCEPTED_NAMES}), or a "
-                 "Content-Type that is neither image/* nor multipart",
-            422: "bad parameter, multi-frame image, or an output the format cannot hold",
-            500: "the model failed",
-            503: "not ready, queue full or shutting down (Retry-After)",
-            504: "the request deadline passed"}
-    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
-
-
 @router.post("/upscale", response_class=Response, openapi_extra=UPSCALE_BODY,
              dependencies=[Authorized, RefuseEarly], responses={
-                 200: {"content": {t: _BINARY for t in imaging.MEDIA_TYPES.values()},
+                 200: {"content": {t: BINARY for t in imaging.MEDIA_TYPES.values()},
                        "description": "the upscaled image"},
-                 **_errors(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
+                 **error_docs(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
     request: Request, pipeline: PipelineDep, choice: ChoiceDep, data: ImageBody,
     deadline: Deadline,

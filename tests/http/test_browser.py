@@ -92,7 +92,8 @@ def _natural_size(driver: webdriver.Chrome) -> tuple[int, int]:
 def test_the_page_upscales_compares_downloads_and_shows_errors(
         server: str, browser: webdriver.Chrome, tmp_path: Path) -> None:
     browser.get(f"{server}/")
-    assert browser.title == "LSRCNN upscaler"
+    # On a loaded machine the page may still be loading when get() returns: wait for it.
+    WebDriverWait(browser, 60).until(lambda d: d.title == "LSRCNN upscaler")
 
     # 512x512: big enough for the jobs API, with its progress.
     _upscale(browser, SET5 / "baby.png", 2)
