@@ -163,3 +163,51 @@ def test_a_32_mb_json_tensor_is_refused_in_proportion(server: tuple[str, int]) -
     assert (peak - before) * 1024 < 4 * len(body), (before, peak)
     assert probe.worst < 0.5, probe.worst
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_fifty_parallel_jobs_never_take_the_spool_over_its_cap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The hostile client's run: 50 small jobs at once against a 3 MB cap. The spool's
+    size on disk (du) and the metric stay under the cap all along."""
+    import asyncio
+
+    from tests.server import metric
+
+    cap = 3_000_000
+    spool = tmp_path / "spool"
+    env = {"LSRCNN_TILE_SIZE": "48", "LSRCNN_SPOOL_MAX_BYTES": str(cap),
+           "LSRCNN_SPOOL_DIR": str(spool)}
+    proc, url = start_server("app", env, timeout_s=120)
+    worst = {"disk": 0, "metric": 0.0}
+    body = good_png()
+
+    def disk() -> int:
+        return sum(p.stat().st_size for p in spool.rglob("*") if p.is_file())
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            async def watch() -> None:
+                while True:
+                    worst["disk"] = max(worst["disk"], disk())
+                    text = (await c.get(f"{url}/metrics")).text
+                    worst["metric"] = max(worst["metric"], metric(text, "lsrcnn_spool_bytes"))
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            answers = await asyncio.gather(*[
+                c.post(f"{url}/v1/jobs?scale=4", content=body,
+                       headers={"content-type": "image/png"}) for _ in range(50)])
+            for _ in range(600):  # until every accepted job is done
+                if not [r for r in answers if r.status_code == 202 and (await c.get(
+                        f"{url}/v1/jobs/{r.json()['id']}")).json()["status"] != "done"]:
+                    break
+                await asyncio.sleep(0.1)
+            watcher.cancel()
+            return [r.status_code for r in answers]
+
+    try:
+        codes = asyncio.run(main())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert set(codes) <= {202, 503} and 202 in codes and 503 in codes, codes
+    assert worst["disk"] <= cap and worst["metric"] <= cap, worst
