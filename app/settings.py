@@ -15,7 +15,7 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
 # Measured on Set5 and Set14 (model/weights/README.md): below this JPEG quality the photo
 # model beats the clean one.
-PHOTO_BELOW_QUALITY = 90
+PHOTO_BELOW_QUALITY = 93
 
 
 class Settings(BaseSettings):
