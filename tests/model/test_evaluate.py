@@ -33,3 +33,23 @@ def test_shipped_lite_model_meets_the_floor(set5: Path, scale: int) -> None:
     bicubic, model = evaluate_folder(set5, scale, {"lite": session})
     assert model.psnr >= FLOORS_SET5[scale], markdown([bicubic, model])
     assert model.ssim > bicubic.ssim
+
+
+# Photo models on Set5 with its LR saved as JPEG q75 (PSNR floors about 0.2 dB under the
+# shipped files' scores, model/weights/README.md).
+PHOTO_FLOORS_SET5_Q75 = {2: 33.0, 3: 30.2, 4: 28.4}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_shipped_photo_model_beats_bicubic_and_the_clean_model_on_jpeg(set5: Path,
+                                                                       scale: int) -> None:
+    from model.degrade import parse_chain
+
+    sessions = {kind: ort.InferenceSession(str(WEIGHTS / f"lsrcnn-lite{kind}-x{scale}.onnx"),
+                                           providers=["CPUExecutionProvider"])
+                for kind in ("", "-photo")}
+    bicubic, clean, photo = evaluate_folder(set5, scale, sessions, parse_chain("jpeg:75"))
+    table = markdown([bicubic, clean, photo])
+    assert photo.psnr >= PHOTO_FLOORS_SET5_Q75[scale], table
+    assert photo.psnr > clean.psnr + 0.5 and photo.psnr > bicubic.psnr + 0.8, table
+    assert photo.ssim > max(clean.ssim, bicubic.ssim), table
