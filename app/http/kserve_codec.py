@@ -182,8 +182,10 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def encode_response(model: str, version: str, request: InferRequest,
-                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary tensors follow it."""
+                    outputs: dict[str, np.ndarray]) -> tuple[list[bytes | memoryview],
+                                                             int | None]:
+    """The response body in parts (binary tensors as views of the arrays, never copied),
+    and the JSON header's length when binary tensors follow it."""
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": []}
     if request.id is not None:
         doc["id"] = request.id
@@ -192,13 +194,11 @@ def encode_response(model: str, version: str, request: InferRequest,
         entry: dict[str, Any] = {"name": name, "datatype": contract.DATATYPE,
                                  "shape": list(array.shape)}
         if request.outputs.get(name, request.binary_output):
-            raw = np.ascontiguousarray(array, FP32).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            raw = memoryview(np.ascontiguousarray(array, FP32)).cast("B")
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
             blobs.append(raw)
         else:
             entry["data"] = array.ravel().tolist()
         doc["outputs"].append(entry)
     header = json.dumps(doc, separators=(",", ":")).encode()
-    if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+    return [header, *blobs], (len(header) if blobs else None)

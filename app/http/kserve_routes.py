@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from app.http import kserve_codec as codec
@@ -149,12 +149,15 @@ async def _infer(request: Request, up: Upscaler, name: str, version: str | None)
     if out is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
     # Off the event loop: a JSON answer is written value by value.
-    body, header_length = await asyncio.to_thread(
+    parts, header_length = await asyncio.to_thread(
         codec.encode_response, name, VERSION, parsed, {contract.OUTPUT_NAME: out})
     if header_length is None:
-        return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream",
-                    headers={codec.HEADER_LENGTH: str(header_length)})
+        return Response(parts[0], media_type="application/json")
+    # The tensor's bytes go out as views of the output array: no copy of the answer.
+    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    return StreamingResponse(iter(parts), media_type="application/octet-stream",
+                             headers={codec.HEADER_LENGTH: str(header_length),
+                                      "Content-Length": str(size)})
 
 
 async def _parse(request: Request) -> codec.InferRequest:
