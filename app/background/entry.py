@@ -17,6 +17,9 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 # Decodes at submission at once (each up to the job pixel limit): more wait their turn.
 SUBMIT_DECODES = 2
+# Room kept in the spool cap for a job's state file: its plan's JSON is counted at
+# submission; this covers the rest of it and its growth as the job moves on.
+STATE_SLACK = 4096
 
 
 class SpoolFull(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.background.entry import FINISHED, STATUSES, SUBMIT_DECODES, Entry, SpoolFull
+from app.background.entry import FINISHED, STATE_SLACK, STATUSES, SUBMIT_DECODES, Entry, SpoolFull
 from app.background.spool import JobState, Spool, new_id, result_bound
 from app.images import imaging
 from app.images.imaging import ImageError
@@ -52,8 +53,7 @@ class JobManager:
 
     @property
     def bytes(self) -> int:
-        """Bytes in the spool and promised to it: every job's folder, the results not yet
-        written (at their bound), and submissions being written."""
+        """Bytes in the spool and promised to it (results not written, at their bound)."""
         return self._reserved + sum(e.bytes + e.pending for e in self.entries.values())
 
     def count(self, status: str) -> int:
@@ -75,8 +75,7 @@ class JobManager:
                        asyncio.create_task(self._sweep_forever())]
 
     async def stop(self) -> None:
-        """Stop running: the running job's state stays `running` on disk, so the next start
-        runs it again."""
+        """Stop running: a running job stays `running` on disk; the next start reruns it."""
         running = [e.task for e in self.entries.values() if e.task is not None]
         for task in [*self._tasks, *running]:
             task.cancel()
@@ -92,7 +91,10 @@ class JobManager:
         the input's and the result's bytes in the cap, spool durably, queue."""
         planned = self.pipeline.plan(data, scale, model, kind, fmt, quality, self.limits)
         bound = result_bound(planned.probed, planned.scale, planned.out_fmt)
-        need = len(data) + bound
+        plan_doc = tiling.plan_to_dict(planned.plan)
+        # The input, the result at its largest, and the state file (it grows a little as
+        # the job moves on: the slack stays reserved until the job ends).
+        need = len(data) + bound + len(json.dumps(plan_doc)) + STATE_SLACK
         if self.bytes + need > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
                             f"used or promised, and this job needs up to {need}",
@@ -107,7 +109,7 @@ class JobManager:
             plan = planned.plan  # as decoded (an orientation the header did not tell)
             state = JobState(new_id(), planned.scale, fmt, quality, planned.out_fmt,
                              plan.count, plan.tile_h, plan.tile_w, len(data),
-                             model=planned.name, result_bound=bound,
+                             model=planned.name, result_bound=bound + STATE_SLACK,
                              plan=tiling.plan_to_dict(plan))
             del planned
             await asyncio.to_thread(self.spool.create, state, data)
@@ -195,8 +197,7 @@ class JobManager:
                        st.out_format, st.quality)
 
     def _model_of(self, st: JobState) -> str | None:
-        """The job's model: chosen at submission; a job spooled by an older version that
-        did not record it runs with its scale's clean model."""
+        """The model chosen at submission (older state files lack it: the scale's clean)."""
         return st.model or self.up.engine.model_for(st.scale)
 
     def _eta_s(self, entry: Entry) -> float:
@@ -234,8 +235,7 @@ class JobManager:
                 entry.task = None if entry.task.done() else entry.task
 
     def _next(self) -> Entry | None:
-        """The job at the head of the queue if it can run now; gone or cancelled ones are
-        dropped from the queue on the way."""
+        """The job at the head of the queue if it can run now (gone ones are dropped)."""
         while self.queue:
             entry = self.entries.get(self.queue[0])
             if entry is not None and entry.state.status == "queued":

@@ -26,9 +26,10 @@ def _disk_bytes(root: Path) -> int:
 
 
 def test_concurrent_submissions_never_overfill_the_spool(tmp_path: Path) -> None:
-    # Each job reserves its input and its result's bound (40x30 at x2, RGB: about 80 KB);
-    # three fit in the cap, the rest must be refused, however they interleave.
-    cap = 250_000
+    # Each job reserves its input, its result's bound (40x30 at x2, RGB: about 80 KB) and
+    # room for its state file (about 4 KB): three fit in the cap, the rest must be refused,
+    # however they interleave.
+    cap = 300_000
 
     async def main() -> None:
         app = make_app(spool_dir=tmp_path, spool_max_bytes=cap)
