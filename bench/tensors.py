@@ -4,7 +4,8 @@
 
 A real service on 127.0.0.1; for a binary tensor and a JSON one (at the JSON cap), x2, its
 peak RSS rise (VmHWM after `clear_refs`) against the body (binary) or the decoded float32
-bytes (JSON), and the slowest /health/live answer while the request runs.
+bytes (JSON), and the slowest /health/live answer while the request runs; then the same
+answer time while a batch of 2,048 1x1 images is refused and while one of 64 is served.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def main() -> None:
                           "outputs": [{"name": "output", "parameters": {"binary_data": True}}]
                           }).encode()
         jsoned = measure(url, proc.pid, doc, {"content-type": "application/json"})
+        batches = []
+        for n in (2048, 64):
+            raw1 = np.full((n, 1, 1, 1), 0.5, "<f4").tobytes()
+            head = json.dumps({"inputs": [{"name": "input", "shape": [n, 1, 1, 1],
+                                           "datatype": "FP32",
+                                           "parameters": {"binary_data_size": len(raw1)}}]}
+                              ).encode()
+            t0 = time.perf_counter()
+            status, _, live = measure(url, proc.pid, head + raw1, {
+                LENGTH: str(len(head)), "content-type": "application/octet-stream"})
+            batches.append((n, status, time.perf_counter() - t0, live))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -88,6 +100,9 @@ def main() -> None:
         print(f"| {name} | {body_len / 1e6:.1f} MB | {status} | {rise / 1e6:.1f} MB | "
               f"{rise / size:.2f}x {'the body' if 'binary' in name else 'the float32 bytes'} "
               f"| {live * 1000:.0f} ms |")
+    print("\n| batch | status | answered in | slowest /health/live |\n|---|---|---|---|")
+    for n, status, took, live in batches:
+        print(f"| {n} images of 1x1 | {status} | {took * 1000:.0f} ms | {live * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":
