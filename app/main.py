@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Server-Timing", "X-Tiles",
+                           expose_headers=["X-Request-ID", "Server-Timing", "X-Model", "X-Tiles",
                                            "Location"])
     return app
 
