@@ -86,15 +86,15 @@ class JobManager:
     # -- the API -----------------------------------------------------------------------
 
     async def submit(self, data: bytes, scale: int, fmt: str | None, quality: int,
-                     model: str | None = None, kind: str = AUTO) -> JobState:
+                     model: str | None = None, kind: str = AUTO, strip: bool = False
+                     ) -> JobState:
         """Check (400/413/415/422 from the header and a decode), choose the model, reserve
         the input's and the result's bytes in the cap, spool durably, queue."""
-        planned = self.pipeline.plan(data, scale, model, kind, fmt, quality, self.limits)
+        planned = self.pipeline.plan(data, scale, model, kind, fmt, quality, self.limits, strip)
         bound = result_bound(planned.probed, planned.scale, planned.out_fmt)
-        plan_doc = tiling.plan_to_dict(planned.plan)
-        # The input, the result at its largest, and the state file (it grows a little as
-        # the job moves on: the slack stays reserved until the job ends).
-        need = len(data) + bound + len(json.dumps(plan_doc)) + STATE_SLACK
+        # The input, the result at its largest, and the state file (with slack for growth).
+        need = len(data) + bound + len(json.dumps(tiling.plan_to_dict(planned.plan))) \
+            + STATE_SLACK
         if self.bytes + need > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
                             f"used or promised, and this job needs up to {need}",
@@ -110,7 +110,7 @@ class JobManager:
             state = JobState(new_id(), planned.scale, fmt, quality, planned.out_fmt,
                              plan.count, plan.tile_h, plan.tile_w, len(data),
                              model=planned.name, result_bound=bound + STATE_SLACK,
-                             plan=tiling.plan_to_dict(plan))
+                             plan=tiling.plan_to_dict(plan), strip=strip)
             del planned
             await asyncio.to_thread(self.spool.create, state, data)
             used = await asyncio.to_thread(self.spool.used_bytes, state.id)
@@ -192,9 +192,9 @@ class JobManager:
             raise UnknownModel(f"model {name} is not served any more")
         if st.plan is None:
             return self.pipeline.plan(data, st.scale, name, AUTO, st.format, st.quality,
-                                      self.limits)
+                                      self.limits, st.strip)
         return Planned(imaging.reopen(data), name, st.scale, tiling.plan_from_dict(st.plan),
-                       st.out_format, st.quality)
+                       st.out_format, st.quality, st.strip)
 
     def _model_of(self, st: JobState) -> str | None:
         """The model chosen at submission (older state files lack it: the scale's clean)."""

@@ -59,6 +59,7 @@ class JobState:
     tiles_done: int = 0  # at cancellation (a running job's count is the scheduler's)
     model: str | None = None  # chosen at submission (state files of older versions lack it)
     plan: dict | None = None  # the tile plan accepted at submission (tiling.plan_to_dict)
+    strip: bool = False  # metadata=strip: the result carries no EXIF or XMP
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

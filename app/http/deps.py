@@ -144,20 +144,21 @@ async def image_body(request: Request) -> bytes:
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         body = b"".join([chunk async for chunk in request.stream()])
-        boundary = BOUNDARY.search(request.headers.get("content-type", ""))
-        closing = b"--" + boundary.group(2).encode("latin-1") + b"--" if boundary else b""
-        if not closing or closing not in body[-len(closing) - 8:]:
-            # The parser takes a cut-off body as a form with fewer fields: say what it is.
-            raise Problem(400, "malformed multipart body: it ends before its closing boundary")
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
         form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-        del body
         upload = form.get(FILE_FIELD)
         if not isinstance(upload, UploadFile):
+            # The parser takes a cut-off body as a form with fewer fields: say what it is.
+            boundary = BOUNDARY.search(request.headers.get("content-type", ""))
+            closing = b"--" + boundary.group(2).encode("latin-1") + b"--" if boundary else b""
+            if closing and closing not in body[-len(closing) - 8:]:
+                raise Problem(400, "malformed multipart body: it ends before its closing "
+                                   "boundary")
             raise Problem(422, f"multipart body needs a file field named '{FILE_FIELD}'")
+        del body
         return await upload.read()
     if ctype.startswith(RAW_TYPES):
         # Read without request.body()'s cache: the only reference is the caller's, so the
@@ -168,6 +169,21 @@ async def image_body(request: Request) -> bytes:
 
 
 ImageBody = Annotated[bytes, Depends(image_body)]
+
+
+async def output_options(
+    format: Literal["png", "jpeg", "webp"] | None = Query(
+        None, description="output format (default: the input's where writable, else png)"),
+    quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
+    metadata: Literal["keep", "strip"] = Query(
+        "keep", description="keep: EXIF (orientation reset, no thumbnail), XMP and ICC are "
+        "carried where the format holds them; strip: EXIF and XMP are dropped (the ICC "
+        "profile stays)"),
+) -> tuple[str | None, int, bool]:
+    return format, quality, metadata == "strip"
+
+
+OutputOptions = Annotated[tuple[str | None, int, bool], Depends(output_options)]
 
 
 async def deadline(request: Request, up: UpscalerDep) -> float:

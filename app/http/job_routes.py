@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from app.background import spool
 from app.background.jobs import Entry, JobManager, SpoolFull
-from app.http.deps import UPSCALE_BODY, Authorized, ChoiceDep, ImageBody, error_docs
+from app.http.deps import (
+    UPSCALE_BODY,
+    Authorized,
+    ChoiceDep,
+    ImageBody,
+    OutputOptions,
+    error_docs,
+)
 from app.http.problems import Problem
 
 router = APIRouter()
@@ -45,15 +50,13 @@ def _entry(request: Request, job_id: str) -> Entry:
              responses={202: {**_JOB, "description": "accepted; Location names the job"},
                         **error_docs(400, 401, 403, 408, 413, 415, 422, 503)})
 async def create_job(
-    request: Request, choice: ChoiceDep, data: ImageBody,
-    format: Literal["png", "jpeg", "webp"] | None = Query(
-        None, description="output format (default: the input's where writable, else png)"),
-    quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
+    request: Request, choice: ChoiceDep, data: ImageBody, output: OutputOptions,
 ) -> JSONResponse:
     jobs = _jobs(request)
+    fmt, quality, strip = output
     try:
-        state = await jobs.submit(data, choice.scale, format, quality, choice.model,
-                                  choice.kind)
+        state = await jobs.submit(data, choice.scale, fmt, quality, choice.model, choice.kind,
+                                  strip)
     except SpoolFull as err:
         raise Problem(503, f"busy: {err}; retry later",
                       {"Retry-After": str(err.retry_after_s)}) from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -15,6 +13,7 @@ from app.http.deps import (
     ChoiceDep,
     Deadline,
     ImageBody,
+    OutputOptions,
     PipelineDep,
     RefuseEarly,
     UpscalerDep,
@@ -34,13 +33,11 @@ router = APIRouter()
                  **error_docs(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
     request: Request, pipeline: PipelineDep, choice: ChoiceDep, data: ImageBody,
-    deadline: Deadline,
-    format: Literal["png", "jpeg", "webp"] | None = Query(
-        None, description="output format (default: the input's where writable, else png)"),
-    quality: int = Query(90, ge=1, le=100, description="quality of jpeg/webp output"),
+    deadline: Deadline, output: OutputOptions,
 ) -> Response:
-    work = pipeline.respond(data, choice.scale, format, quality, deadline,
-                            request_id(request), model=choice.model, kind=choice.kind)
+    fmt, quality, strip = output
+    work = pipeline.respond(data, choice.scale, fmt, quality, deadline, request_id(request),
+                            model=choice.model, kind=choice.kind, strip=strip)
     del data  # the pipeline holds it until the image is decoded
     result = await unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics

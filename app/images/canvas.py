@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from app.images import imaging
+from app.images.metadata import Metadata
 from app.runtime import tiling
 from model import contract
 
@@ -167,10 +168,10 @@ class Canvas:
             pixels = np.concatenate([pixels.reshape(*alpha.shape, -1), alpha[..., None]], -1)
         return pixels
 
-    def encode(self, fp: IO[bytes], fmt: str, quality: int, icc: bytes | None,
+    def encode(self, fp: IO[bytes], fmt: str, quality: int, meta: Metadata | None,
                png_level: int) -> None:
         """Encode the finished output into `fp`; every band must be in."""
         if any(self._left):
             raise RuntimeError("output incomplete")
         self.src = np.empty((0, 0), self.src.dtype)  # every band is joined: the input can go
-        imaging.encode(self.out, fmt, quality, icc, png_level, fp=fp)
+        imaging.encode(self.out, fmt, quality, meta, png_level, fp=fp)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.images import jpeg_quality
+from app.images.metadata import Metadata, save_options
 
 # Colour conversion has one home, the model contract; the canvas reaches it through here.
 from model.contract import gray_to_y, rgb_to_ycbcr, y_to_gray, ycbcr_to_rgb
@@ -271,15 +272,15 @@ def output_format(requested: str | None, input_format: str | None) -> str:
     return input_format if input_format in WRITABLE else "png"
 
 
-def encode(img: Image.Image, fmt: str, quality: int, icc: bytes | None,
+def encode(img: Image.Image, fmt: str, quality: int, meta: Metadata | None,
            png_compress_level: int = 6, fp: IO[bytes] | None = None) -> bytes:
-    """Encode to bytes, or into `fp` (then returns b"")."""
+    """Encode to bytes, or into `fp` (then returns b""), with the metadata carried."""
     if fmt == "jpeg" and img.mode in ("RGBA", "LA"):
         raise ImageError(422, "JPEG cannot hold an alpha channel; ask for png or webp")
     if fmt != "png" and img.mode == "I;16":
         img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).astype(np.uint8))
     buf = fp if fp is not None else io.BytesIO()
-    opts: dict = {"icc_profile": icc} if icc else {}
+    opts = save_options(meta, fmt)
     if fmt == "png":
         opts["compress_level"] = png_compress_level
     else:

@@ -21,8 +21,9 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
-from app.images import imaging
+from app.images import imaging, metadata
 from app.images.canvas import Canvas, ChunkStream, StreamClosed
+from app.images.metadata import Metadata
 from app.runtime import tiling
 from app.runtime.engine import Engine
 from app.runtime.upscaler import AUTO, Upscaler, _malloc_trim, log
@@ -46,6 +47,7 @@ class Planned:
     plan: tiling.TilePlan
     out_fmt: str
     quality: int
+    strip: bool = False  # metadata=strip: EXIF and XMP are not carried
 
 
 @dataclass
@@ -66,7 +68,8 @@ class Pipeline:
     # -- the steps -----------------------------------------------------------------------
 
     def plan(self, data: bytes, scale: int | None, model: str | None, kind: str,
-             fmt: str | None, quality: int, limits: tuple[int, int] | None = None) -> Planned:
+             fmt: str | None, quality: int, limits: tuple[int, int] | None = None,
+             strip: bool = False) -> Planned:
         """Probe (every limit the header decides), resolve the model (the file's own JPEG
         tables decide with kind auto), plan the tiles of the oriented image and check their
         count: 400, 413, 415 and 422 before any pixel is decoded."""
@@ -78,7 +81,7 @@ class Pipeline:
         plan = up.plan(name, *probed.oriented_size)
         up.schedulers[name].check_tiles(plan)
         return Planned(probed, name, scale, plan, imaging.output_format(fmt, probed.format),
-                       quality)
+                       quality, strip)
 
     def admit(self, planned: Planned, deadline: float, tag: str, priority: int = SYNC
               ) -> TileWork:
@@ -99,10 +102,13 @@ class Pipeline:
                 work.plan = plan
         return image
 
-    async def decode(self, planned: Planned, work: TileWork | None = None) -> Canvas:
-        """Decode into the canvas the tiles run into."""
+    async def decode(self, planned: Planned, work: TileWork | None = None
+                     ) -> tuple[Canvas, Metadata]:
+        """Decode into the canvas the tiles run into; the metadata the output carries."""
         image = await self.decode_image(planned, work)
-        return Canvas(image, planned.plan, planned.scale)
+        meta = metadata.read(planned.probed.image)  # loaded: a PNG's late EXIF is in
+        return Canvas(image, planned.plan, planned.scale), (
+            meta.stripped() if planned.strip else meta)
 
     async def run(self, planned: Planned, work: TileWork, canvas: Canvas) -> None:
         sched = self.up.schedulers[planned.name]
@@ -115,25 +121,25 @@ class Pipeline:
 
     async def respond(self, data: bytes, scale: int | None, fmt: str | None, quality: int,
                       deadline: float, request_id: str = "", *, model: str | None = None,
-                      kind: str = AUTO) -> Result:
+                      kind: str = AUTO, strip: bool = False) -> Result:
         """`/upscale`: the whole path, the answer streamed as it is encoded."""
         t0 = time.perf_counter()
-        planned = self.plan(data, scale, model, kind, fmt, quality)
+        planned = self.plan(data, scale, model, kind, fmt, quality, strip=strip)
         del data  # the probe's file holds the bytes until they are decoded
         work = self.admit(planned, deadline, request_id)
         try:
-            canvas = await self.decode(planned, work)
+            canvas, meta = await self.decode(planned, work)
         except BaseException:
             self.up.schedulers[planned.name].release(work)
             raise
-        icc, plan = planned.probed.icc_profile, planned.plan
+        plan = planned.plan
         planned.probed = None  # type: ignore[assignment]  # the canvas has the pixels
         t1, loop_t1 = time.perf_counter(), asyncio.get_running_loop().time()
         await self.run(planned, work, canvas)
         t2 = time.perf_counter()
         stream = ChunkStream(asyncio.get_running_loop())
         encoding = asyncio.create_task(asyncio.to_thread(
-            self._encode, canvas, stream, planned.out_fmt, quality, icc))
+            self._encode, canvas, stream, planned.out_fmt, quality, meta))
         self._encoding.add(encoding)
         encoding.add_done_callback(self._encoding.discard)
         del canvas  # the encoding thread holds it until done
@@ -155,14 +161,13 @@ class Pipeline:
         work = self.admit(planned, float("inf"), tag, BACKGROUND)
         on_admit(work)
         try:
-            canvas = await self.decode(planned, work)
+            canvas, meta = await self.decode(planned, work)
         except BaseException:
             self.up.schedulers[planned.name].release(work)
             raise
-        icc = planned.probed.icc_profile
         planned.probed = None  # type: ignore[assignment]
         await self.run(planned, work, canvas)
-        write = functools.partial(_encode_to, canvas, planned.out_fmt, planned.quality, icc,
+        write = functools.partial(_encode_to, canvas, planned.out_fmt, planned.quality, meta,
                                   self.up.settings.png_compress_level)
         try:
             return await write_result(write)
@@ -215,11 +220,11 @@ class Pipeline:
         return out
 
     def _encode(self, canvas: Canvas, stream: ChunkStream, fmt: str, quality: int,
-                icc: bytes | None) -> None:
+                meta: Metadata) -> None:
         """In a thread: encode into the stream, then hand freed memory back at once after a
         big answer; smaller ones leave it to the idle-time trim."""
         try:
-            canvas.encode(stream, fmt, quality, icc, self.up.settings.png_compress_level)
+            canvas.encode(stream, fmt, quality, meta, self.up.settings.png_compress_level)
             stream.finish()
         except StreamClosed:
             log.info("output abandoned: the client left")
@@ -244,9 +249,9 @@ def upscale_direct(engine: Engine, image: Image.Image, model: str, settings: Set
     return canvas.out
 
 
-def _encode_to(canvas: Canvas, fmt: str, quality: int, icc: bytes | None, level: int,
+def _encode_to(canvas: Canvas, fmt: str, quality: int, meta: Metadata, level: int,
                f: IO[bytes]) -> None:
-    canvas.encode(f, fmt, quality, icc, level)
+    canvas.encode(f, fmt, quality, meta, level)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

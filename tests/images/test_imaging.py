@@ -10,6 +10,7 @@ from PIL import Image, ImageCms
 
 from app.images import imaging
 from app.images.imaging import ImageError, decode, encode, join, split
+from app.images.metadata import Metadata
 from tests.helpers import noise, png_bytes
 
 BIG = 10**9
@@ -72,7 +73,7 @@ def test_icc_profile_is_carried_to_the_output() -> None:
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     decoded = decode(png_bytes(_rng_image("RGB"), icc_profile=icc), BIG, BIG, 2)
     assert decoded.icc_profile == icc
-    out = Image.open(io.BytesIO(encode(decoded.image, "png", 90, decoded.icc_profile)))
+    out = Image.open(io.BytesIO(encode(decoded.image, "png", 90, Metadata(decoded.icc_profile))))
     assert out.info.get("icc_profile") == icc
 
 
