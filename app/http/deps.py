@@ -85,6 +85,28 @@ async def authorize(request: Request) -> None:
 Authorized = Depends(authorize)
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query(request: Request) -> None:
+    """422 for a query parameter the endpoint does not take (`?width=600` was silently
+    ignored, and the answer was not what was asked for)."""
+    route = request.scope.get("route")
+    allowed = _query_names(route.dependant) if route is not None else set()
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise Problem(422, f"unknown query parameter{'s' * (len(unknown) > 1)} "
+                           f"{', '.join(unknown)}: this endpoint takes "
+                           f"{', '.join(sorted(allowed)) or 'none'}")
+
+
+KnownQuery = Depends(known_query)
+
+
 def ready_model(up: Upscaler, scale: int | None, model: str | None = None,
                 kind: str = AUTO) -> str:
     """The model a request asks for, before its image is seen: 422 for a scale, name or

@@ -13,6 +13,7 @@ from app.http.deps import (
     Authorized,
     ChoiceDep,
     ImageBody,
+    KnownQuery,
     OutputOptions,
     error_docs,
 )
@@ -46,7 +47,8 @@ def _entry(request: Request, job_id: str) -> Entry:
     return entry
 
 
-@router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY, dependencies=[Authorized],
+@router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY,
+             dependencies=[KnownQuery, Authorized],
              responses={202: {**_JOB, "description": "accepted; Location names the job"},
                         **error_docs(400, 401, 403, 408, 413, 415, 422, 503)})
 async def create_job(

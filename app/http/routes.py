@@ -13,6 +13,7 @@ from app.http.deps import (
     ChoiceDep,
     Deadline,
     ImageBody,
+    KnownQuery,
     OutputOptions,
     PipelineDep,
     RefuseEarly,
@@ -27,7 +28,7 @@ from app.images import imaging
 router = APIRouter()
 
 @router.post("/upscale", response_class=Response, openapi_extra=UPSCALE_BODY,
-             dependencies=[Authorized, RefuseEarly], responses={
+             dependencies=[KnownQuery, Authorized, RefuseEarly], responses={
                  200: {"content": {t: BINARY for t in imaging.MEDIA_TYPES.values()},
                        "description": "the upscaled image"},
                  **error_docs(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})

@@ -361,7 +361,12 @@ def test_client_that_leaves_is_withdrawn() -> None:
             async def receive() -> dict:
                 if messages:
                     return messages.pop(0)
-                await asyncio.sleep(0.3)  # the client hangs up 0.3 s after sending
+                # The client hangs up once its first tiles have run: a state, not a guess
+                # of how long 324 tiles take on this machine.
+                registry = app.state.metrics.registry
+                labels = {"model": "lsrcnn-lite-x2", "scale": "2"}
+                while (registry.get_sample_value("lsrcnn_tiles_total", labels) or 0) < 10:
+                    await asyncio.sleep(0.002)
                 left.set()
                 return {"type": "http.disconnect"}
 
@@ -476,3 +481,22 @@ def test_readme_documents_every_setting() -> None:
     missing = [f"LSRCNN_{name.upper()}" for name in Settings.model_fields
                if f"`LSRCNN_{name.upper()}`" not in readme]
     assert not missing, missing
+
+
+def test_unknown_query_parameters_are_422_naming_them() -> None:
+    body = png_bytes(set5_crop())
+
+    async def main() -> None:
+        async with running(make_app()) as c:
+            for path in ("/upscale", "/v1/jobs"):
+                r = await c.post(f"{path}?scale=2&width=600", content=body, headers=PNG)
+                assert r.status_code == 422, (path, r.text)
+                error = _error(r)["error"]
+                assert "unknown query parameter width" in error and "scale" in error
+            r = await c.post("/upscale?scale=2&metadata=strip&kind=clean&quality=80",
+                             content=body, headers=PNG)
+            assert r.status_code == 200
+            text = (await c.get("/metrics")).text
+            assert 'lsrcnn_tiles_total{model="lsrcnn-lite-x2",scale="2"}' in text  # one ran
+
+    run(main())
