@@ -7,8 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.runtime.choice import GATE_PSNR_DB
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
@@ -36,6 +38,16 @@ class Settings(BaseSettings):
         "auto", description="auto: CUDA if really active, else CPU; cuda: required (not ready "
         "without it); cpu: CPU only")
     device_id: int = Field(0, description="CUDA device index")
+    engine: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto", description="the runtime on the CPU: auto = each model's fastest candidate "
+        "measured at warm-up that passes the quality gate; openvino needs the package "
+        "(installed by default on x86-64 Linux); on the GPU always onnxruntime")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 is a candidate where the CPU has bf16 instructions "
+        "and OpenVINO is installed; bf16: only bf16, fp32 as the fallback; fp32: never bf16")
+    gate_psnr_db: float = Field(
+        GATE_PSNR_DB, gt=0, description="a candidate runtime's output on the bundled check "
+        "image must match ONNX Runtime fp32's to at least this PSNR (dB), or it never serves")
     workers: int = Field(0, ge=0, description="model calls in flight at once per scale "
                          "(0 = auto: one per core on the CPU, 1 on the GPU)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per call "
@@ -101,6 +113,13 @@ class Settings(BaseSettings):
                                       "job (413)")
     job_max_output_pixels: int = Field(0, ge=0, description="output pixel limit of a job (413); "
                                        "0 = LSRCNN_MAX_OUTPUT_PIXELS")
+
+    @model_validator(mode="after")
+    def _runtime_precision(self) -> Settings:
+        if self.engine == "onnxruntime" and self.precision == "bf16":
+            raise ValueError("LSRCNN_PRECISION=bf16 needs LSRCNN_ENGINE=openvino or auto: "
+                             "ONNX Runtime runs these models in fp32")
+        return self
 
     @property
     def allowed_origins(self) -> list[str]:

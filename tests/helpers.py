@@ -61,7 +61,10 @@ async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.
 
 # Small tiles and batches keep each test app's warm-up short; the defaults are tested end to end.
 # The in-process client's Host is "test".
+# ONNX Runtime pinned: most tests hold the service's pixels to ONNX Runtime's own, exactly;
+# the runtime choice has tests of its own (tests/runtime/test_choice.py).
 TEST_SETTINGS = {"tile_size": 48, "tile_overlap": 8, "max_batch_size": 4, "workers": 2,
+                 "engine": "onnxruntime",
                  "allowed_hosts": "test,localhost,127.0.0.1"}
 
 

@@ -30,7 +30,9 @@ def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
                  ) -> tuple[subprocess.Popen, str]:
     """Start `python -m module` (from `cwd`) on a free loopback port; return once ready."""
     port = free_port()
-    full_env = {**os.environ, **env, "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
+    # ONNX Runtime unless a test names the engine: tests hold pixels to ONNX Runtime's own.
+    full_env = {**os.environ, "LSRCNN_ENGINE": "onnxruntime", **env,
+                "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}
     if "LSRCNN_SPOOL_DIR" not in env:  # never another server's jobs
         full_env["LSRCNN_SPOOL_DIR"] = spool = tempfile.mkdtemp(prefix="lsrcnn-spool-")
         atexit.register(shutil.rmtree, spool, True)

@@ -84,7 +84,9 @@ async def models(up: UpscalerDep) -> dict:
     return {"models": [
         {"name": info.name, "arch": info.arch, "scale": info.scale, "preset": info.preset,
          "kind": info.kind,
-         "provider": info.provider, "file": info.path.name, "ready": up.model_ready(info.name),
+         "provider": info.provider, "engine": info.engine, "precision": info.precision,
+         "engine_trials": info.trials, "engine_notes": info.notes, "file": info.path.name,
+         "ready": up.model_ready(info.name),
          "default_for_scale": up.engine.model_for(info.scale) == info.name, "card": info.card()}
         for info in (up.engine.models[name] for name in up.models)]}
 

@@ -1,6 +1,8 @@
-"""ONNX Runtime sessions, one per named model: device choice, warm-up, batched runs.
+"""The models by name: device choice, loading, the runtime chosen at warm-up, batched runs.
 
-Knows nothing about HTTP. `run` is blocking; the scheduler calls it from a worker thread.
+Every model opens first as an ONNX Runtime session (the contract's check and the fp32
+reference); at warm-up `choice` may put an OpenVINO runner in its place. Knows nothing
+about HTTP. `run` is blocking; the scheduler calls it from a worker thread.
 
 No I/O binding: every tile is cut on the host and its output pasted on the host, so a call
 copies its input in and its output out once either way; binding would save an output
@@ -17,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runtime import device, registry
+from app.runtime import choice, device, registry, runners
 from app.runtime.device import CPU, CUDA, Device, DeviceError
 from app.runtime.registry import ModelFile, ModelInfo
+from app.runtime.runners import OpenVinoRunner, OrtRunner, Runner
 from app.settings import Settings
 from model import contract
 
@@ -79,11 +82,11 @@ def _timed(call: Callable[[], object]) -> float:
 
 
 class Engine:
-    """One ONNX Runtime session per model, keyed by the model's name."""
+    """One runner per model, keyed by the model's name."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.runners: dict[str, Runner] = {}
         self.models: dict[str, ModelInfo] = {}
         self.device = Device(False, "not loaded")
         self.decided = False  # the device is chosen at the first load, once
@@ -181,7 +184,7 @@ class Engine:
             raise EngineError(f"CUDA required but {f.path.name} runs on {active}")
         if self.on_gpu and active != CUDA:
             log.warning("model %s runs on %s although CUDA is active", f.name, active)
-        self.sessions[f.name] = session
+        self.runners[f.name] = OrtRunner(session)
         self.models[f.name] = ModelInfo(f.path, f.descriptor, active)
         log.info("loaded %s (%s, x%d) from %s on %s", f.name, f.descriptor.arch,
                  f.descriptor.scale, f.path.name, active)
@@ -189,15 +192,47 @@ class Engine:
     def drop(self, name: str, cause: str) -> None:
         """Take a loaded model out of service (it failed after loading), keeping why."""
         info = self.models.pop(name)
-        self.sessions.pop(name, None)
+        self.runners.pop(name, None)
         self.failed[info.path.name] = cause
+
+    def candidates(self) -> tuple[list[choice.Candidate], list[str]]:
+        s = self.settings
+        return choice.candidates(s.engine, s.precision, self.on_gpu,
+                                 runners.openvino_version() is not None,
+                                 runners.cpu_capabilities())
+
+    def openvino(self, name: str, precision: str, workers: int) -> Runner:
+        """An OpenVINO runner of a loaded model (tests put a fake in its place)."""
+        return OpenVinoRunner(self.models[name].path, precision, workers,
+                              self.settings.resolved_threads(self.on_gpu))
+
+    def choose(self, name: str, shape: tuple[int, int], workers: int) -> None:
+        """Put the fastest runner that passes the quality gate in service for `name`, and
+        record every candidate's trial in its ModelInfo."""
+        cands, notes = self.candidates()
+        tile = np.random.default_rng(0).random((1, 1, *shape), dtype=np.float32)
+        runner, trials = choice.choose(
+            lambda c: self.openvino(name, c.precision, workers), self.runners[name], cands,
+            tile, workers, self.settings.gate_psnr_db)
+        info = self.models[name]
+        self.runners[name] = runner
+        info.engine, info.precision, info.provider = (runner.engine, runner.precision,
+                                                      runner.provider)
+        info.trials, info.notes = [t.to_dict() for t in trials], notes
+        log.info("%s runs on %s %s", name, runner.engine, runner.precision, extra={"fields": {
+            "model": name, "trials": info.trials, "notes": notes}})
+        for t in trials:
+            if not t.passed:
+                log.warning("%s: %s %s not used: %s", name, t.engine, t.precision, t.reason)
 
     def warm_up(self, name: str, shape: tuple[int, int], batch_sizes: tuple[int, ...],
                 workers: int) -> list[tuple[int, int, float]]:
-        """Run every batch size at the largest tile shape once (no call meets a first-time
-        algorithm search), the largest `workers` times at once (so the arena holds what a
-        full load needs), then time single tiles of a few shapes, from tiny to the largest
-        and thin both ways: (h, w, seconds) for the cost model."""
+        """Choose the runtime (`choose`), then run every batch size at the largest tile shape
+        once (no call meets a first-time algorithm search), the largest `workers` times at
+        once (so the arena holds what a full load needs), then time single tiles of a few
+        shapes, from tiny to the largest and thin both ways: (h, w, seconds) for the cost
+        model."""
+        self.choose(name, shape, workers)
         sizes = sorted(batch_sizes or (1,))
         for n in sizes[:-1]:
             self.run(name, np.zeros((n, 1, *shape), np.float32))
@@ -215,11 +250,11 @@ class Engine:
 
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
         """[N, 1, H, W] of Y/255 in, [N, 1, sH, sW] out (same scale), by the contract."""
-        session, scale = self.sessions[name], self.models[name].scale
+        runner, scale = self.runners[name], self.models[name].scale
         try:
-            (y,) = session.run(None, {contract.INPUT_NAME: x})
+            y = runner.run(x)
         except Exception as err:
-            # Keep ONNX Runtime's own message and traceback; requests log this failure id.
+            # Keep the runtime's own message and traceback; requests log this failure id.
             self._failures += 1
             fid = f"{name}-{self._failures}"
             log.exception("model call failed on %s (%d tiles): %s", name, len(x), err,

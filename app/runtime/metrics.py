@@ -70,9 +70,10 @@ class Metrics:
         self.withdrawn_model_seconds = Counter("lsrcnn_withdrawn_model_seconds_total",
                                                "Worker seconds spent on withdrawn requests",
                                                MODEL, registry=r)
-        self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset, active provider "
-                                "and architecture", [*MODEL, "preset", "provider", "arch"],
-                                registry=r)
+        self.model_info = Gauge("lsrcnn_model_info", "Loaded model: preset, active provider, "
+                                "architecture, and the runtime and precision chosen at "
+                                "warm-up", [*MODEL, "preset", "provider", "arch", "engine",
+                                            "precision"], registry=r)
         self.model_load_failures = Counter("lsrcnn_model_load_failures_total",
                                            "Model files that failed to load", ["file"],
                                            registry=r)

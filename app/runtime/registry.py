@@ -9,7 +9,7 @@ here; the engine makes the sessions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import contract
@@ -33,7 +33,11 @@ class ModelInfo:
 
     path: Path
     descriptor: contract.ModelDescriptor
-    provider: str  # the execution provider the session reports active
+    provider: str  # where it really runs, as its runtime reports it
+    engine: str = "onnxruntime"  # the runtime chosen at warm-up
+    precision: str = "fp32"
+    trials: list[dict] = field(default_factory=list)  # every candidate's warm-up result
+    notes: list[str] = field(default_factory=list)  # why other runtimes were no candidates
 
     @property
     def name(self) -> str:

@@ -159,7 +159,8 @@ class Upscaler:
     def _scheduler(self, name: str, cost: CostModel) -> Scheduler:
         s, on_gpu, info = self.settings, self.engine.on_gpu, self.engine.models[name]
         labels = self.labels(name)
-        self.metrics.model_info.labels(*labels, info.preset, info.provider, info.arch).set(1)
+        self.metrics.model_info.labels(*labels, info.preset, info.provider, info.arch,
+                                       info.engine, info.precision).set(1)
         sched = Scheduler(
             lambda x, name=name: self.engine.run(name, x), cost,
             workers=s.resolved_workers(on_gpu), max_batch=s.resolved_batch(on_gpu),

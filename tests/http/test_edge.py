@@ -241,16 +241,12 @@ def test_without_the_default_model_not_ready_then_retried(tmp_path: Path) -> Non
     run(main())
 
 
-class FailingSession:
-    """Stands in for an ONNX Runtime session whose run raises as ORT does."""
+class FailingRunner:
+    """Stands in for a model's runner whose run raises as ONNX Runtime does."""
 
-    def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
-        self.real = real
+    engine, precision, provider = "onnxruntime", "fp32", "CPUExecutionProvider"
 
-    def get_inputs(self):  # type: ignore[no-untyped-def]
-        return self.real.get_inputs()
-
-    def run(self, *args: object) -> None:
+    def run(self, x: object) -> None:
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected fault")
 
 
@@ -260,7 +256,7 @@ def test_a_failed_model_call_logs_the_cause_traceback_and_request_ids(caplog) ->
         async with running(app) as c:
             engine = app.state.upscaler.engine
             name = engine.model_for(2)
-            engine.sessions[name] = FailingSession(engine.sessions[name])
+            engine.runners[name] = FailingRunner()
             rs = await asyncio.gather(*(
                 c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 8, 8, seed=i)),
                        headers={**PNG, "x-request-id": f"fail-{i}"}) for i in range(2)))

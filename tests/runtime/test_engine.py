@@ -91,7 +91,7 @@ def test_files_without_a_scale_are_skipped(tmp_path: Path) -> None:
 def test_bad_output_shape_is_an_engine_error() -> None:
     engine = Engine(Settings())
     engine.load()
-    engine.sessions["lsrcnn-lite-x4"] = engine.sessions["lsrcnn-lite-x2"]  # x2 posing as x4
+    engine.runners["lsrcnn-lite-x4"] = engine.runners["lsrcnn-lite-x2"]  # x2 posing as x4
     with pytest.raises(EngineError, match="returned"):
         engine.run("lsrcnn-lite-x4", np.zeros((1, 1, 8, 8), np.float32))
 
