@@ -107,7 +107,7 @@ DEFAULT_ARCH = "lsrcnn"  # the only architecture so far; older files do not say
 CLEAN, PHOTO = "clean", "photo"
 KINDS = (CLEAN, PHOTO)
 CARD_KEYS = ("parameters", "macs_per_lr_pixel", "training_data", "iterations",
-             "validation_set", "validation_psnr", "degradations", "recipe")
+             "validation_set", "validation_psnr", "degradations", "recipe", "precisions")
 CONFIG = "config"  # the network config as JSON (the exporter's record; not needed to serve)
 INPUT_NOTE = "float32 [N,1,H,W]: BT.601 studio-range Y / 255"
 OUTPUT_NOTE = "float32 [N,1,scale*H,scale*W], same range, not clamped"

@@ -4,13 +4,15 @@
 Rows: bicubic (Pillow) and each ONNX model; columns: PSNR / SSIM on BT.601 Y with a border of
 `scale` pixels shaved. `--degrade` makes the LR as a photo is made (`model.degrade`: blur:S
 before the bicubic downscale, then noise:S in 8-bit levels, then jpeg:Q by Pillow at 4:2:0),
-one table per degradation; the HR stays clean. Prints markdown; writes JSON when asked.
+one table per degradation; the HR stays clean. `--precision fp32 bf16` adds each model run
+in bf16 by OpenVINO, as the service runs it. Prints markdown; writes JSON when asked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,15 +41,32 @@ def onnx_scale(session: ort.InferenceSession) -> int:
     return contract.describe(session.get_modelmeta().custom_metadata_map).scale
 
 
-def run_onnx(session: ort.InferenceSession, lr_y: np.ndarray) -> np.ndarray:
-    """One whole Y plane (0..255 scale) through the model; float64 Y out."""
+def run_onnx(model: object, lr_y: np.ndarray) -> np.ndarray:
+    """One whole Y plane (0..255 scale) through the model (an ONNX Runtime session, or any
+    runner of the service's: `run(x)`); float64 Y out."""
     x = contract.to_model(lr_y)[None, None]
-    out = session.run(None, {contract.INPUT_NAME: x})[0][0, 0]
-    return contract.from_model(out.astype(np.float64))
+    if isinstance(model, ort.InferenceSession):
+        out = model.run(None, {contract.INPUT_NAME: x})[0]
+    else:
+        out = model.run(x)  # type: ignore[attr-defined]
+    return contract.from_model(out[0, 0].astype(np.float64))
+
+
+def open_model(path: str | Path, precision: str = "fp32") -> object:
+    """fp32: ONNX Runtime, as the protocol's reference; bf16: OpenVINO, as the service runs
+    it on a CPU with bf16 instructions (one stream, all threads)."""
+    if precision == "fp32":
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from app.runtime.runners import OpenVinoRunner
+
+    runner = OpenVinoRunner(Path(path), precision, streams=1, threads=os.cpu_count() or 1)
+    if runner.precision != precision:
+        raise SystemExit(f"OpenVINO runs {runner.precision} here, not {precision}")
+    return runner
 
 
 def evaluate_folder(folder: str | Path, scale: int,
-                    models: dict[str, ort.InferenceSession] | None = None,
+                    models: dict[str, object] | None = None,
                     chain: Chain | None = None) -> list[Score]:
     models = models or {}
     chain = chain or Chain()
@@ -108,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--degrade", nargs="*", default=["clean"],
                    help="LR degradations, one table each: clean, jpeg:75, noise:5,jpeg:75, "
                         "blur:1.0 (model.degrade.parse_chain)")
+    p.add_argument("--precision", nargs="*", default=["fp32"], choices=("fp32", "bf16"),
+                   help="fp32 (ONNX Runtime) and/or bf16 (OpenVINO): a row per model and "
+                        "precision, bf16 rows named MODEL@bf16")
     p.add_argument("--json", default=None, help="also write the scores here")
     args = p.parse_args(argv)
     try:
@@ -119,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         if onnx_scale(session) != args.scale:
             p.error(f"{path} is a x{onnx_scale(session)} model, not x{args.scale}")
-        models[Path(path).stem] = session
+        for precision in args.precision:
+            name = Path(path).stem + ("" if precision == "fp32" else f"@{precision}")
+            models[name] = session if precision == "fp32" else open_model(path, precision)
     scores = []
     for chain in chains:
         table = [s for folder in args.folders

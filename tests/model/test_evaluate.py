@@ -53,3 +53,40 @@ def test_shipped_photo_model_beats_bicubic_and_the_clean_model_on_jpeg(set5: Pat
     assert photo.psnr >= PHOTO_FLOORS_SET5_Q75[scale], table
     assert photo.psnr > clean.psnr + 0.5 and photo.psnr > bicubic.psnr + 0.8, table
     assert photo.ssim > max(clean.ssim, bicubic.ssim), table
+
+
+# -- the precision gate at build time (model.precisions) --------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(WEIGHTS.glob("*.onnx")), ids=lambda p: p.stem)
+def test_every_card_records_the_bf16_loss_within_the_target(path: Path) -> None:
+    import json
+
+    import onnx
+
+    from model.precisions import MAX_LOSS_DB
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+            .metadata_props}
+    record = json.loads(meta["precisions"])
+    assert set(record["bf16_loss_db"]) == {"Set5", "Set14"}
+    assert all(loss <= MAX_LOSS_DB for loss in record["bf16_loss_db"].values()), record
+
+
+def test_the_recorded_bf16_figures_are_what_openvino_gives(set5: Path) -> None:
+    import json
+
+    import onnx
+
+    from app.runtime import runners
+    from model.precisions import measure
+
+    if "BF16" not in runners.cpu_capabilities():
+        pytest.skip("no OpenVINO, or a CPU without bf16 instructions")
+    path = WEIGHTS / "lsrcnn-lite-x4.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+            .metadata_props}
+    want = json.loads(meta["precisions"])
+    got = measure(path, [str(set5)])
+    assert got["fp32"]["Set5"] == pytest.approx(want["fp32"]["Set5"], abs=0.002)
+    assert got["bf16"]["Set5"] == pytest.approx(want["bf16"]["Set5"], abs=0.005)
