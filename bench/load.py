@@ -4,8 +4,10 @@
                          [--seconds 20] [--compare OTHER_CHECKOUT ...]
 
 Baselines, on the same images, machine and run:
-- whole image: the same ONNX file run once per image on the whole Y plane, one session
-  using every core, no HTTP, no tiling, no codecs (what a user could do with no service);
+- whole image: the same ONNX file run once per image on the whole Y plane, one ONNX Runtime
+  session using every core, no HTTP, no tiling, no codecs (what a user could do with no
+  service); where OpenVINO runs bf16 here, the same in OpenVINO bf16 too (one stream, every
+  core), the fastest a user could run the file by hand;
 - same tiles: the service's own tile plans straight through its engine and workers, no HTTP.
 The service (and each `--compare` checkout, e.g. an older commit in a git worktree) runs as
 a uvicorn subprocess on 127.0.0.1; each client level sends requests for a bounded time and
@@ -31,8 +33,9 @@ import numpy as np
 from PIL import Image
 
 from app.images import imaging
-from app.runtime import tiling
+from app.runtime import runners, tiling
 from app.runtime.engine import Engine
+from app.runtime.runners import OpenVinoRunner
 from app.settings import Settings
 from model import contract
 from tests.server import metric as metric_value
@@ -43,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextmanager
 def server(env: dict[str, str] | None = None, cwd: Path = ROOT):  # type: ignore[no-untyped-def]
-    proc, url = start_server("app", {**(env or {}), "LSRCNN_LOG_LEVEL": "warning"}, cwd=cwd)
+    # The service's own default runtime (the test harness pins ONNX Runtime otherwise).
+    env = {"LSRCNN_ENGINE": "auto", **(env or {}), "LSRCNN_LOG_LEVEL": "warning"}
+    proc, url = start_server("app", env, cwd=cwd)
     try:
         yield url, proc.pid
     finally:
@@ -93,12 +98,17 @@ def _model(engine: Engine, scale: int) -> str:
     return name
 
 
-def whole_image(images: list[Image.Image], scale: int, seconds: float) -> dict:
-    """Each image's Y once, whole, in one call on a session that uses every core."""
-    engine = Engine(Settings(workers=1, intra_op_threads=os.cpu_count() or 1))
+def whole_image(images: list[Image.Image], scale: int, seconds: float,
+                precision: str = "fp32") -> dict:
+    """Each image's Y once, whole, in one call using every core: ONNX Runtime (fp32), or
+    OpenVINO (bf16)."""
+    cores = os.cpu_count() or 1
+    engine = Engine(Settings(workers=1, intra_op_threads=cores, engine="onnxruntime"))
     engine.load()
     planes = [contract.to_model(imaging.split(img).y)[None, None] for img in images]
     name = _model(engine, scale)
+    if precision != "fp32":
+        engine.runners[name] = OpenVinoRunner(engine.models[name].path, precision, 1, cores)
     engine.run(name, planes[0])
     calls: list[float] = []
 
@@ -120,18 +130,22 @@ def same_tiles(images: list[Image.Image], scale: int, settings: Settings,
     engine = Engine(settings)
     engine.load()
     name = _model(engine, scale)
+    workers = settings.resolved_workers(engine.on_gpu)
+    side = settings.tile_size + 2 * settings.tile_overlap
+    engine.choose(name, (side, side), workers)  # the runtime the service would choose
     tiles = []
     for img in images:
         y = contract.to_model(imaging.split(img).y)
         plan = tiling.plan_tiles(img.height, img.width, settings.tile_size,
                                  settings.tile_overlap)
         tiles += [tiling.cut(y, plan, r, c)[None, None] for r, c in plan.tiles()]
-    workers = settings.resolved_workers(engine.on_gpu)
     with ThreadPoolExecutor(workers) as pool:
         rounds, wall = _rounds(lambda: list(pool.map(lambda x: engine.run(name, x), tiles)),
                                seconds)
     pixels = sum(img.width * img.height for img in images) * scale**2
-    return {"mp_s": rounds * pixels / wall / 1e6, "tiles": len(tiles), "workers": workers}
+    info = engine.models[name]
+    return {"mp_s": rounds * pixels / wall / 1e6, "tiles": len(tiles), "workers": workers,
+            "runtime": f"{info.engine} {info.precision}"}
 
 
 async def _drive(url: str, bodies: list[bytes], scale: int, clients: int, seconds: float,
@@ -202,9 +216,14 @@ def main() -> None:
     whole = whole_image(images, args.scale, args.seconds)
     print(f"whole image: {whole['mp_s']:.3f} output MP/s, median call {whole['call_p50']:.3f} s",
           flush=True)
+    whole16 = None
+    if "BF16" in runners.cpu_capabilities():
+        whole16 = whole_image(images, args.scale, args.seconds, "bf16")
+        print(f"whole image, OpenVINO bf16: {whole16['mp_s']:.3f} output MP/s, median call "
+              f"{whole16['call_p50']:.3f} s", flush=True)
     tiles = same_tiles(images, args.scale, settings, args.seconds)
     print(f"same tiles: {tiles['mp_s']:.3f} output MP/s ({tiles['tiles']} tiles a round, "
-          f"{tiles['workers']} workers)\n", flush=True)
+          f"{tiles['workers']} workers, {tiles['runtime']})\n", flush=True)
 
     rows = []
     for name, cwd in [("service", ROOT), *((Path(c).name, Path(c)) for c in args.compare)]:
@@ -219,7 +238,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| whole image, no HTTP | - | - | - | {whole['mp_s']:.3f} | 1.00 | - | - | - | - "
           "| 1.00 |")
-    print(f"| same tiles, no HTTP | - | - | - | {tiles['mp_s']:.3f} | "
+    if whole16:
+        print(f"| whole image, OpenVINO bf16, no HTTP | - | - | - | {whole16['mp_s']:.3f} | "
+              f"{whole16['mp_s'] / whole['mp_s']:.2f} | - | - | "
+              f"{whole16['call_p50'] / whole['call_p50']:.2f} | - | 1.00 |")
+    print(f"| same tiles ({tiles['runtime']}), no HTTP | - | - | - | {tiles['mp_s']:.3f} | "
           f"{tiles['mp_s'] / whole['mp_s']:.2f} | 1.00 | - | - | - | - |")
     for name, r in rows:
         statuses = " ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
