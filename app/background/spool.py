@@ -60,6 +60,8 @@ class JobState:
     model: str | None = None  # chosen at submission (state files of older versions lack it)
     plan: dict | None = None  # the tile plan accepted at submission (tiling.plan_to_dict)
     strip: bool = False  # metadata=strip: the result carries no EXIF or XMP
+    target: list[int] | None = None  # [w, h] the model's output is resized to (any size)
+    filename: str | None = None  # the uploaded file's name: the result downloads after it
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from app.http.problems import ErrorBody, Problem
 from app.images import imaging
 from app.images.pipeline import Pipeline
+from app.images.sizing import Size, SizeError
 from app.runtime.upscaler import AUTO, UnknownModel, Upscaler
 
 T = TypeVar("T")
@@ -125,18 +126,31 @@ def ready_model(up: Upscaler, scale: int | None, model: str | None = None,
 @dataclass(frozen=True)
 class Choice:
     """What a request asked for, and the model it gets if its image does not decide
-    (with kind auto, a compressed JPEG may still get the scale's photo model)."""
+    (with kind auto, a compressed JPEG may still get the scale's photo model; with a width
+    or height, the image's size decides the scale)."""
 
-    scale: int
+    size: Size
     model: str | None
     kind: str
     name: str
 
+    @property
+    def scale(self) -> int | None:
+        """The model's scale, where the request alone decides it."""
+        return None if self.size.by_image else self.size.integer
+
 
 async def choose(
     up: UpscalerDep,
-    scale: int | None = Query(None, description="2, 3 or 4 (default: the service's setting, "
-                              "or the named model's)"),
+    scale: float | None = Query(None, gt=1, description="2, 3 or 4 runs the model of that "
+                                "scale; a fractional scale up to 4 (1.5, 2.5) runs the next "
+                                "integer scale's model, then resizes down with Lanczos "
+                                "(default: the service's setting, or the named model's)"),
+    width: int | None = Query(None, ge=1, le=1 << 16, description="target width; alone, the "
+                              "height keeps the aspect ratio; not below the image's"),
+    height: int | None = Query(None, ge=1, le=1 << 16, description="target height; alone, "
+                               "the width keeps the aspect ratio; with width, exactly that "
+                               "size"),
     model: str | None = Query(None, description="a model by name, e.g. lsrcnn-lite-x2 "
                               "(GET /v1/models lists them); default: chosen by scale and kind"),
     kind: Literal["auto", "clean", "photo"] = Query(
@@ -144,8 +158,16 @@ async def choose(
         "quantization tables) gets the photo model, anything else the clean one; clean or "
         "photo: that kind of model (GET /v1/models lists kinds)"),
 ) -> Choice:
-    name = ready_model(up, scale, model, kind)
-    return Choice(up.engine.models[name].scale, model, kind, name)
+    try:
+        size = Size(scale, width, height)
+        early = size.early_scale(up.scales) if up.scales and model is None else None
+    except SizeError as err:
+        raise Problem(422, str(err)) from None
+    name = ready_model(up, early if model is None else size.integer, model, kind)
+    if size.scale is not None and up.engine.models[name].scale < size.scale:
+        raise Problem(422, f"model {name} upscales x{up.engine.models[name].scale}, less "
+                           f"than the x{size.scale:g} asked for")
+    return Choice(size, model, kind, name)
 
 
 ChoiceDep = Annotated[Choice, Depends(choose)]
@@ -181,6 +203,7 @@ async def image_body(request: Request) -> bytes:
                                    "boundary")
             raise Problem(422, f"multipart body needs a file field named '{FILE_FIELD}'")
         del body
+        request.state.upload_name = upload.filename
         return await upload.read()
     if ctype.startswith(RAW_TYPES):
         # Read without request.body()'s cache: the only reference is the caller's, so the
@@ -191,6 +214,18 @@ async def image_body(request: Request) -> bytes:
 
 
 ImageBody = Annotated[bytes, Depends(image_body)]
+
+
+async def upload_name(
+    request: Request,
+    filename: str | None = Query(None, max_length=255, description="the image's file name, "
+                                 "for the download's (a multipart upload carries its own)"),
+) -> str | None:
+    """The uploaded file's name (declared after the body, whose multipart part names it)."""
+    return filename or getattr(request.state, "upload_name", None)
+
+
+UploadName = Annotated[str | None, Depends(upload_name)]
 
 
 async def output_options(

@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from app.background import spool
 from app.background.jobs import Entry, JobManager, SpoolFull
+from app.http import naming
 from app.http.deps import (
     UPSCALE_BODY,
     Authorized,
@@ -15,6 +16,7 @@ from app.http.deps import (
     ImageBody,
     KnownQuery,
     OutputOptions,
+    UploadName,
     error_docs,
 )
 from app.http.problems import Problem
@@ -52,13 +54,14 @@ def _entry(request: Request, job_id: str) -> Entry:
              responses={202: {**_JOB, "description": "accepted; Location names the job"},
                         **error_docs(400, 401, 403, 408, 413, 415, 422, 503)})
 async def create_job(
-    request: Request, choice: ChoiceDep, data: ImageBody, output: OutputOptions,
+    request: Request, choice: ChoiceDep, data: ImageBody, uploaded: UploadName,
+    output: OutputOptions,
 ) -> JSONResponse:
     jobs = _jobs(request)
     fmt, quality, strip = output
     try:
-        state = await jobs.submit(data, choice.scale, fmt, quality, choice.model, choice.kind,
-                                  strip)
+        state = await jobs.submit(data, choice.size, fmt, quality, choice.model, choice.kind,
+                                  strip, uploaded)
     except SpoolFull as err:
         raise Problem(503, f"busy: {err}; retry later",
                       {"Retry-After": str(err.retry_after_s)}) from None
@@ -85,9 +88,12 @@ async def job_result(request: Request, job_id: str) -> Response:
             max(1, round(view["eta_s"])))}
         return JSONResponse(view, 409, headers=retry)
     path, media_type = jobs.result(entry)
-    name = f"{job_id}_x{entry.state.scale}.{entry.state.out_format}"
-    return FileResponse(path, media_type=media_type, content_disposition_type="inline",
-                        filename=name)
+    st = entry.state
+    target = (st.target[0], st.target[1]) if st.target else None
+    name = naming.download_name(st.filename, job_id, naming.suffix(st.scale, target),
+                                st.out_format)
+    return FileResponse(path, media_type=media_type,
+                        headers={"Content-Disposition": naming.disposition(name)})
 
 
 @router.delete("/v1/jobs/{job_id}", dependencies=[Authorized],

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.http import naming
 from app.http.deps import (
     BINARY,
     UPSCALE_BODY,
@@ -17,6 +18,7 @@ from app.http.deps import (
     OutputOptions,
     PipelineDep,
     RefuseEarly,
+    UploadName,
     UpscalerDep,
     error_docs,
     unless_client_leaves,
@@ -34,20 +36,23 @@ router = APIRouter()
                  **error_docs(400, 401, 403, 408, 413, 415, 422, 500, 503, 504)})
 async def upscale(
     request: Request, pipeline: PipelineDep, choice: ChoiceDep, data: ImageBody,
-    deadline: Deadline, output: OutputOptions,
+    uploaded: UploadName, deadline: Deadline, output: OutputOptions,
 ) -> Response:
     fmt, quality, strip = output
-    work = pipeline.respond(data, choice.scale, fmt, quality, deadline, request_id(request),
+    work = pipeline.respond(data, choice.size, fmt, quality, deadline, request_id(request),
                             model=choice.model, kind=choice.kind, strip=strip)
     del data  # the pipeline holds it until the image is decoded
     result = await unless_client_leaves(request, work)
     if result is None:  # nobody is listening; the status is for the log and the metrics
         return Response(status_code=CLIENT_GONE)
     timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items())
+    name = naming.download_name(uploaded, "upscaled", naming.suffix(
+        result.scale, result.target), result.fmt)
     # Streamed as it is encoded (chunked): the whole encoded image is never held at once.
     return StreamingResponse(result.chunks, media_type=result.media_type, headers={
         "Server-Timing": timing, "X-Model": result.model, "X-Tiles": str(result.tiles),
-        "X-Tile-Overhead": f"{result.overhead:.3f}"})
+        "X-Tile-Overhead": f"{result.overhead:.3f}",
+        "Content-Disposition": naming.disposition(name)})
 
 
 @router.get("/health/live")

@@ -21,9 +21,10 @@ from typing import IO
 import numpy as np
 from PIL import Image
 
-from app.images import imaging, metadata
+from app.images import imaging, metadata, sizing
 from app.images.canvas import Canvas, ChunkStream, StreamClosed
 from app.images.metadata import Metadata
+from app.images.sizing import Size, SizeError
 from app.runtime import tiling
 from app.runtime.engine import Engine
 from app.runtime.upscaler import AUTO, Upscaler, _malloc_trim, log
@@ -48,6 +49,7 @@ class Planned:
     out_fmt: str
     quality: int
     strip: bool = False  # metadata=strip: EXIF and XMP are not carried
+    target: tuple[int, int] | None = None  # (w, h) the model's output is resized to
 
 
 @dataclass
@@ -58,6 +60,9 @@ class Result:
     tiles: int = 0
     overhead: float = 1.0  # model pixels / image pixels
     model: str = ""  # the model that made it
+    scale: int = 0  # the model's
+    target: tuple[int, int] | None = None  # the size it was resized to
+    fmt: str = "png"
 
 
 class Pipeline:
@@ -67,21 +72,35 @@ class Pipeline:
 
     # -- the steps -----------------------------------------------------------------------
 
-    def plan(self, data: bytes, scale: int | None, model: str | None, kind: str,
+    def plan(self, data: bytes, size: Size, model: str | None, kind: str,
              fmt: str | None, quality: int, limits: tuple[int, int] | None = None,
              strip: bool = False) -> Planned:
-        """Probe (every limit the header decides), resolve the model (the file's own JPEG
+        """Probe (every limit the header decides), resolve the model's scale (from the
+        image's size when a width or height is asked for) and the model (the file's own JPEG
         tables decide with kind auto), plan the tiles of the oriented image and check their
-        count: 400, 413, 415 and 422 before any pixel is decoded."""
+        count: 400, 413, 415 and 422 before any pixel is decoded. The output limit counts
+        the model's output, which a target size is resized down from."""
         up, s = self.up, self.up.settings
         max_in, max_out = limits or (s.max_input_pixels, s.max_output_pixels)
-        scale = up.engine.models[up.resolve(scale, model, kind)].scale
-        probed = imaging.probe(data, max_in, max_out, scale, fmt)
+        target = None
+        if size.integer is not None or (size.scale is None and not size.by_image):
+            scale = up.engine.models[up.resolve(size.integer, model, kind)].scale
+            probed = imaging.probe(data, max_in, max_out, scale, fmt)
+        else:
+            probed = imaging.probe(data, max_in, max_out, 1, fmt)
+            h, w = probed.oriented_size
+            scales = [up.engine.models[model].scale] if model in up.engine.models \
+                else up.scales
+            try:
+                scale, target = size.resolve(w, h, scales)
+            except SizeError as err:
+                raise imaging.ImageError(422, str(err)) from None
+            imaging.check(probed.image, max_in, max_out, scale, fmt)
         name = up.resolve(scale, model, kind, probed.jpeg_quality)
         plan = up.plan(name, *probed.oriented_size)
         up.schedulers[name].check_tiles(plan)
         return Planned(probed, name, scale, plan, imaging.output_format(fmt, probed.format),
-                       quality, strip)
+                       quality, strip, target)
 
     def admit(self, planned: Planned, deadline: float, tag: str, priority: int = SYNC
               ) -> TileWork:
@@ -111,20 +130,24 @@ class Pipeline:
             meta.stripped() if planned.strip else meta)
 
     async def run(self, planned: Planned, work: TileWork, canvas: Canvas) -> None:
+        """The tiles, then the resize to a target size (in a thread: Lanczos on a big
+        output takes a while)."""
         sched = self.up.schedulers[planned.name]
         try:
             await sched.run(work, canvas.tile, canvas.paste)
         finally:
             sched.release(work)
+        if planned.target is not None:
+            canvas.out = await asyncio.to_thread(sizing.resize, canvas.out, planned.target)
 
     # -- the doors -----------------------------------------------------------------------
 
-    async def respond(self, data: bytes, scale: int | None, fmt: str | None, quality: int,
+    async def respond(self, data: bytes, size: Size, fmt: str | None, quality: int,
                       deadline: float, request_id: str = "", *, model: str | None = None,
                       kind: str = AUTO, strip: bool = False) -> Result:
         """`/upscale`: the whole path, the answer streamed as it is encoded."""
         t0 = time.perf_counter()
-        planned = self.plan(data, scale, model, kind, fmt, quality, strip=strip)
+        planned = self.plan(data, size, model, kind, fmt, quality, strip=strip)
         del data  # the probe's file holds the bytes until they are decoded
         work = self.admit(planned, deadline, request_id)
         try:
@@ -151,7 +174,8 @@ class Pipeline:
         self.up.record_pixels(self.up.labels(planned.name), plan, planned.scale,
                               timings["queue"])
         return Result(_prepend(first, chunks), imaging.MEDIA_TYPES[planned.out_fmt], timings,
-                      plan.count, plan.overhead, planned.name)
+                      plan.count, plan.overhead, planned.name, planned.scale, planned.target,
+                      planned.out_fmt)
 
     async def to_file(self, planned: Planned, tag: str, write_result: Callable[
             [Writer], Awaitable[int]], on_admit: Callable[[TileWork], None]) -> int:
