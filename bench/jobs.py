@@ -3,6 +3,7 @@ latency of requests beside it.
 
     python -m bench.jobs [--image tests/data/Set5/baby.png] [--rounds 5] [--big 4000]
                          [--probe 256] [--probes 10]
+    python -m bench.jobs --eta 2000 [--eta-scales 2 4]
 
 1. Overhead: the same image upscaled x2 `rounds` times each way, one at a time: POST
    /upscale (until the last byte), and POST /v1/jobs, polling its status every 50 ms, then
@@ -10,6 +11,9 @@ latency of requests beside it.
 2. Interference: `probes` requests of a probe x probe crop, one at a time, alone; then the
    same while a big x big job runs (the job is deleted afterwards). Reports medians and the
    ratio.
+3. With `--eta SIDE` (instead of 1 and 2): the truth of `eta_s`. A SIDE x SIDE job per
+   scale, polled every 0.25 s; once it is done, each poll's `eta_s` against the time that
+   really remained. Reports the largest error after the first 10% of tiles (target: 30%).
 A uvicorn subprocess on 127.0.0.1 with the default settings.
 """
 
@@ -56,6 +60,24 @@ def _job(http: httpx.Client, data: bytes) -> float:
     return elapsed
 
 
+def eta_truth(http: httpx.Client, big: bytes, scale: int) -> dict:
+    """One job's `eta_s` at each poll against the time that really remained."""
+    r = http.post(f"/v1/jobs?scale={scale}&kind=clean", content=big,
+                  headers={"content-type": "image/jpeg"})
+    assert r.status_code == 202, r.text
+    where, polls = r.headers["location"], []
+    while (view := http.get(where).json())["status"] in ("queued", "running"):
+        polls.append((time.perf_counter(), view["progress"], view["eta_s"]))
+        time.sleep(0.25)
+    end = time.perf_counter()
+    assert view["status"] == "done", view
+    http.delete(where)
+    errors = [(p, eta, end - t) for t, p, eta in polls if p >= 0.1 and end - t > 1.0]
+    worst = max(errors, key=lambda e: abs(e[1] / e[2] - 1))
+    return {"seconds": end - polls[0][0], "tiles": view["tiles_total"], "polls": len(errors),
+            "worst": abs(worst[1] / worst[2] - 1), "at": worst}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image", default=str(ROOT / "tests/data/Set5/baby.png"))
@@ -63,8 +85,21 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=4000, help="side of the big job's input")
     ap.add_argument("--probe", type=int, default=256, help="side of the probe requests")
     ap.add_argument("--probes", type=int, default=10)
+    ap.add_argument("--eta", type=int, default=0, help="measure eta_s on a job of this side")
+    ap.add_argument("--eta-scales", type=int, nargs="+", default=[2, 4])
     args = ap.parse_args()
     src = Image.open(args.image).convert("RGB")
+    if args.eta:
+        job = _png(src.resize((args.eta, args.eta), Image.Resampling.BICUBIC), "JPEG")
+        with server() as (url, _), httpx.Client(base_url=url, timeout=600) as http:
+            for scale in args.eta_scales:
+                r = eta_truth(http, job, scale)
+                p, eta, left = r["at"]
+                print(f"{args.eta}x{args.eta} x{scale}: {r['tiles']} tiles, {r['seconds']:.1f} s;"
+                      f" after 10% of tiles, {r['polls']} polls: largest eta_s error "
+                      f"{r['worst']:.0%} (at {p:.0%}: {eta:.1f} s shown, {left:.1f} s left)",
+                      flush=True)
+        return
     data = _png(src)
     probe = _png(src.crop((0, 0, args.probe, args.probe)))
     # Smooth content (an enlarged photo) as JPEG keeps the big input under the body limit.

@@ -34,7 +34,7 @@ webdriver = pytest.importorskip("selenium.webdriver",
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 800
 
@@ -68,15 +68,21 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def _upscale(driver: webdriver.Chrome, path: Path, scale: int, kind: str = "auto") -> None:
+def _upscale(driver: webdriver.Chrome, path: Path, scale: int | str, kind: str = "auto",
+             **custom: str) -> None:
     driver.find_element(By.ID, "file").send_keys(str(path))
-    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "go").is_enabled())
+    # Waits are on events with generous caps, never fixed sleeps: a loaded machine is slow.
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "go").is_enabled())
     radio = driver.find_element(By.CSS_SELECTOR, f"input[name=scale][value='{scale}']")
     driver.execute_script("arguments[0].click()", radio)
+    for field, value in custom.items():
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
     radio = driver.find_element(By.CSS_SELECTOR, f"input[name=kind][value='{kind}']")
     driver.execute_script("arguments[0].click()", radio)
     driver.find_element(By.ID, "go").click()
-    WebDriverWait(driver, 120).until(
+    WebDriverWait(driver, 300).until(
         lambda d: d.find_element(By.ID, "compare").get_attribute("data-ready") == "true"
         or d.find_element(By.ID, "error").is_displayed())
     assert not driver.find_element(By.ID, "error").is_displayed(), \
@@ -95,11 +101,17 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
     # On a loaded machine the page may still be loading when get() returns: wait for it.
     WebDriverWait(browser, 60).until(lambda d: d.title == "LSRCNN upscaler")
 
-    # 512x512: big enough for the jobs API, with its progress.
+    assert httpx.get(f"{server}/favicon.ico").status_code == 200
+    assert browser.execute_script(
+        "return document.querySelector('link[rel=icon]').getAttribute('href')") \
+        == "/static/favicon.svg"
+
+    # 512x512: big enough for the jobs API, with its progress. The download keeps the name.
     _upscale(browser, SET5 / "baby.png", 2)
     assert _natural_size(browser) == (1024, 1024)
     finished = httpx.get(f"{server}/metrics").text
     assert metric(finished, "lsrcnn_jobs_finished_total", status="done") == 1
+    assert browser.find_element(By.ID, "download").get_attribute("download") == "baby_x2.png"
 
     # 288x288: straight through /upscale.
     _upscale(browser, SET5 / "bird.png", 3)
@@ -121,6 +133,37 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
     out.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(out / "page.png"))
 
+    # 1:1: the output at its own pixels, panned by dragging; Fit brings the fitted view back.
+    browser.find_element(By.ID, "actual").click()
+    after = browser.find_element(By.ID, "after")
+    assert after.size["width"] == 864 and after.size["height"] == 864
+    x0, y0 = after.location["x"], after.location["y"]
+    compare = browser.find_element(By.ID, "compare")
+    room = browser.execute_script(
+        "const c = arguments[0]; return [864 - c.clientWidth, 864 - c.clientHeight]", compare)
+    ActionChains(browser).move_to_element(compare).click_and_hold().move_by_offset(
+        -120, -40).release().perform()
+    # Panned by what was dragged, as far as the image reaches past the viewer.
+    assert (after.location["x"], after.location["y"]) == (x0 - min(120, room[0]),
+                                                          y0 - min(40, room[1]))
+    assert room[0] > 0 and after.location["x"] < x0
+    assert browser.find_element(By.ID, "actual").get_attribute("aria-pressed") == "true"
+    assert browser.save_screenshot(str(out / "page-1to1.png"))
+    browser.find_element(By.ID, "fit").click()
+    assert after.size["width"] < 864
+
+    # Custom size: a target width (the height keeps the aspect ratio), JPEG at a quality.
+    Select(browser.find_element(By.ID, "format")).select_by_value("jpeg")
+    assert browser.find_element(By.ID, "quality-field").is_displayed()
+    _upscale(browser, SET5 / "bird.png", "custom", width="500")
+    assert _natural_size(browser) == (500, 500)
+    assert browser.find_element(By.ID, "download").get_attribute("download") == \
+        "bird_500x500.jpg"
+    browser.find_element(By.ID, "width").clear()
+    _upscale(browser, SET5 / "bird.png", "custom", factor="1.5")
+    assert _natural_size(browser) == (432, 432)
+    Select(browser.find_element(By.ID, "format")).select_by_value("")
+
     # The model choice: Auto (the default) gives a compressed JPEG the photo model and a
     # PNG the clean one; Clean and Photo force it. The page names the model it got.
     photo = tmp_path / "head.jpg"
@@ -141,11 +184,12 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
     _upscale(browser, SET5 / "bird.png", 2, "photo")
     assert used() == "lsrcnn-lite-photo-x2"
 
+    # A file that is no image: an error at once, no broken image, no upscale to press.
     bad = tmp_path / "notes.png"
     bad.write_text("a shopping list, not a picture")
     browser.find_element(By.ID, "file").send_keys(str(bad))
-    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "go").is_enabled())
-    browser.find_element(By.ID, "go").click()
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").is_displayed())
-    assert "not an image" in browser.find_element(By.ID, "error").text
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "notes.png is not an image" in browser.find_element(By.ID, "error").text
+    assert not browser.find_element(By.ID, "before").is_displayed()
+    assert not browser.find_element(By.ID, "go").is_enabled()
 

@@ -27,6 +27,7 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy() -> None:
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
     for path in (ROOT / "app" / "http" / "static").iterdir():
-        text = path.read_text()
+        # An SVG's namespace is a name, not something loaded.
+        text = path.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
         assert not re.search(r"(https?:)?//[a-z0-9-]+(\.[a-z0-9-]+)+", text, re.I), path
         assert "@import" not in text, path

@@ -1,15 +1,20 @@
 "use strict";
-// The page's few moves: pick or drop an image, upscale it (small images with POST /upscale,
-// big ones through the jobs API, which reports progress), compare, download.
+// The page's few moves: pick or drop an image, choose its size, upscale it (small images
+// with POST /upscale, big ones through the jobs API, which reports progress), compare
+// (fitted, or actual pixels panned by dragging), download under the upload's name.
 
 const $ = (id) => document.getElementById(id);
 const BIG_PIXELS = 512 * 512 - 1; // inputs this large or larger go through /v1/jobs
 const POLL_MS = 500;
 const EXT = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" };
+// Formats a browser cannot preview but the service reads: no preview is not an error.
+const NO_PREVIEW = /\.(tiff?)$/i;
+const LOSSY = ["jpeg", "webp"];
 
 let file = null;
 let inputSize = null; // [width, height]
 let urls = [];
+let pan = { x: 0, y: 0 }; // the 1:1 view's offset, in output pixels
 
 function keepURL(blob) {
   const url = URL.createObjectURL(blob);
@@ -53,18 +58,27 @@ function pick(chosen) {
     $("go").disabled = false;
   };
   probe.onerror = () => {
-    // The browser cannot show it (TIFF, say); the service may still read it.
     $("picked").textContent = file.name;
     $("sizes").textContent = "";
-    $("go").disabled = false;
+    $("compare").classList.add("no-preview");
+    if (NO_PREVIEW.test(file.name)) {
+      $("go").disabled = false; // the browser cannot show a TIFF; the service reads it
+      return;
+    }
+    showError(`${file.name} is not an image this page can read: choose a PNG, JPEG, WebP, ` +
+      "GIF, BMP or TIFF file");
   };
   probe.src = url;
+  showQuality();
   $("before").src = url;
   $("after").removeAttribute("src");
   const compare = $("compare");
   delete compare.dataset.ready;
-  compare.classList.remove("empty");
+  compare.classList.remove("empty", "no-preview");
   compare.classList.add("before-only");
+  $("views").hidden = true;
+  view(false);
+  suggestSize();
 }
 
 async function failure(response) {
@@ -102,10 +116,19 @@ async function direct(query) {
       throw err;
     }
     if (!r.ok) throw await failure(r);
-    return { blob: await r.blob(), model: r.headers.get("X-Model") };
+    return { blob: await r.blob(), model: r.headers.get("X-Model"), name: fileName(r) };
   } finally {
     clearInterval(tick);
   }
+}
+
+// The service names the result after the upload (butterfly_x2.png, photo_1920x1440.jpg).
+function fileName(response) {
+  const header = response.headers.get("Content-Disposition") || "";
+  const exact = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  if (exact) return decodeURIComponent(exact[1]);
+  const plain = /filename="([^"]+)"/i.exec(header);
+  return plain ? plain[1] : null;
 }
 
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
@@ -118,8 +141,12 @@ async function viaJob(query) {
   const where = r.headers.get("Location") || `/v1/jobs/${job.id}`;
   while (job.status === "queued" || job.status === "running") {
     const left = job.eta_s > 0 ? ` · about ${Math.ceil(job.eta_s)} s left` : "";
-    setProgress(job.progress, job.status === "queued" ? `Queued${left}`
-      : `Tile ${job.tiles_done} of ${job.tiles_total}${left}`);
+    let text = `Queued${left}`;
+    if (job.status === "running") {
+      text = job.tiles_done === 0 ? `Starting · ${job.tiles_total} tiles${left}`
+        : `${job.tiles_done} of ${job.tiles_total} tiles done${left}`;
+    }
+    setProgress(job.progress, text);
     await sleep(POLL_MS);
     const s = await fetch(where);
     if (!s.ok) throw await failure(s);
@@ -131,27 +158,118 @@ async function viaJob(query) {
   if (!result.ok) throw await failure(result);
   const blob = await result.blob();
   fetch(where, { method: "DELETE" }); // we hold the result now: free the spool
-  return { blob, model: job.model };
+  return { blob, model: job.model, name: fileName(result) };
 }
 
-function show(blob, scale, seconds, model) {
+function show(blob, asked, seconds, model, name) {
   const url = keepURL(blob);
   const after = $("after");
   after.onload = () => {
     const [w, h] = [after.naturalWidth, after.naturalHeight];
     const from = inputSize ? `${inputSize[0]}×${inputSize[1]} → ` : "";
     const by = model ? ` by ${model}` : "";
-    $("sizes").textContent = `${from}${w}×${h} (${scale}×)${by} in ${seconds.toFixed(1)} s`;
+    $("sizes").textContent = `${from}${w}×${h} (${asked})${by} in ${seconds.toFixed(1)} s`;
     $("sizes").dataset.model = model || "";
     $("compare").classList.remove("before-only");
     $("compare").dataset.ready = "true";
+    $("views").hidden = false;
+    place();
   };
   after.src = url;
   const stem = file.name.replace(/\.[^.]*$/, "") || "image";
   const link = $("download");
   link.href = url;
-  link.download = `${stem}_x${scale}.${EXT[blob.type] || "png"}`;
+  link.download = name || `${stem}_upscaled.${EXT[blob.type] || "png"}`;
   link.hidden = false;
+}
+
+// -- size: 2x, 3x, 4x, or custom (width and/or height, or a fractional scale) -----------
+
+function custom() {
+  return document.querySelector("input[name=scale]:checked").value === "custom";
+}
+
+function suggestSize() {
+  if (!inputSize) return;
+  $("width").placeholder = String(inputSize[0] * 2);
+  $("height").placeholder = String(inputSize[1] * 2);
+}
+
+// The query for the size asked for, and how to say it; an Error for an impossible one.
+function sizeQuery(query) {
+  if (!custom()) {
+    const scale = document.querySelector("input[name=scale]:checked").value;
+    query.set("scale", scale);
+    return `${scale}×`;
+  }
+  const [w, h, f] = [$("width").value, $("height").value, $("factor").value];
+  if (f && (w || h)) throw new Error("give a width and/or height, or a scale, not both");
+  if (f) {
+    query.set("scale", f);
+    return `${Number(f)}×`;
+  }
+  if (!w && !h) throw new Error("give a width, a height or a scale");
+  if (w) query.set("width", w);
+  if (h) query.set("height", h);
+  return w && h ? `${w}×${h}` : w ? `${w} wide` : `${h} high`;
+}
+
+// -- the viewer: fitted, or actual pixels (1:1) panned by dragging ----------------------
+
+function view(actual) {
+  $("compare").classList.toggle("actual", actual);
+  $("fit").setAttribute("aria-pressed", String(!actual));
+  $("actual").setAttribute("aria-pressed", String(actual));
+  pan = { x: 0, y: 0 };
+  place();
+}
+
+// In the 1:1 view both images are drawn at the output's size and moved by `pan`; the
+// divider stays where the slider puts it on the screen.
+function place() {
+  const compare = $("compare");
+  const after = $("after");
+  const pos = Number($("slider").value) / 100;
+  compare.style.setProperty("--pos", `${pos * 100}%`);
+  const imgs = [$("before"), after];
+  if (!compare.classList.contains("actual") || !after.naturalWidth) {
+    imgs.forEach((img) => { img.style.cssText = ""; });
+    return;
+  }
+  const [w, h] = [after.naturalWidth, after.naturalHeight];
+  const [cw, ch] = [compare.clientWidth, compare.clientHeight];
+  pan.x = Math.max(0, Math.min(pan.x, w - cw));
+  pan.y = Math.max(0, Math.min(pan.y, h - ch));
+  const [left, top] = [w < cw ? (cw - w) / 2 : -pan.x, h < ch ? (ch - h) / 2 : -pan.y];
+  imgs.forEach((img) => {
+    img.style.cssText = `width:${w}px;height:${h}px;left:${left}px;top:${top}px`;
+  });
+  after.style.clipPath = `inset(0 0 0 ${Math.max(0, pos * cw - left)}px)`;
+}
+
+function dragToPan() {
+  const compare = $("compare");
+  let from = null;
+  compare.addEventListener("pointerdown", (e) => {
+    if (!compare.classList.contains("actual") || e.target.id === "slider") return;
+    from = { x: e.clientX + pan.x, y: e.clientY + pan.y };
+    compare.setPointerCapture(e.pointerId);
+    compare.classList.add("panning");
+  });
+  compare.addEventListener("pointermove", (e) => {
+    if (!from) return;
+    pan = { x: from.x - e.clientX, y: from.y - e.clientY };
+    place();
+  });
+  const stop = () => { from = null; compare.classList.remove("panning"); };
+  compare.addEventListener("pointerup", stop);
+  compare.addEventListener("pointercancel", stop);
+}
+
+function showQuality() {
+  const asked = $("format").value;
+  const fromInput = !asked && file && /jpe?g|webp/i.test(file.type);
+  $("quality-field").hidden = !(LOSSY.includes(asked) || fromInput);
 }
 
 async function upscale() {
@@ -160,17 +278,18 @@ async function upscale() {
   $("go").disabled = true;
   $("download").hidden = true;
   delete $("compare").dataset.ready;
-  const scale = document.querySelector("input[name=scale]:checked").value;
   const kind = document.querySelector("input[name=kind]:checked").value;
-  const query = new URLSearchParams({ scale, kind });
+  const query = new URLSearchParams({ kind, filename: file.name });
   if ($("format").value) query.set("format", $("format").value);
+  if (!$("quality-field").hidden) query.set("quality", $("quality").value);
   const started = performance.now();
   try {
+    const asked = sizeQuery(query);
     const big = inputSize && inputSize[0] * inputSize[1] > BIG_PIXELS;
     let done = big ? null : await direct(query);
     if (done === null) done = await viaJob(query);
     $("progress").hidden = true;
-    show(done.blob, Number(scale), (performance.now() - started) / 1000, done.model);
+    show(done.blob, asked, (performance.now() - started) / 1000, done.model, done.name);
   } catch (err) {
     $("progress").hidden = true;
     showError(err.message || String(err));
@@ -179,13 +298,20 @@ async function upscale() {
   }
 }
 
-function slide() {
-  $("compare").style.setProperty("--pos", `${$("slider").value}%`);
-}
 
 $("file").addEventListener("change", (e) => pick(e.target.files[0]));
 $("go").addEventListener("click", upscale);
-$("slider").addEventListener("input", slide);
+$("slider").addEventListener("input", place);
+$("fit").addEventListener("click", () => view(false));
+$("actual").addEventListener("click", () => view(true));
+window.addEventListener("resize", place);
+document.querySelectorAll("input[name=scale]").forEach((radio) => radio.addEventListener(
+  "change", () => { $("custom").hidden = !custom(); }));
+$("format").addEventListener("change", showQuality);
+$("quality").addEventListener("input", () => {
+  $("quality-value").textContent = $("quality").value;
+});
+dragToPan();
 const drop = $("drop");
 ["dragenter", "dragover"].forEach((type) => drop.addEventListener(type, (e) => {
   e.preventDefault();
