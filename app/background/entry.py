@@ -35,6 +35,7 @@ class Entry:
     task: asyncio.Task | None = None  # while running
     bytes: int = 0  # of its folder in the spool
     file_work: asyncio.Future | None = None  # its file work in a thread, which cancel waits out
+    writing_since: float | None = None  # perf_counter when its result began to be written
 
     @property
     def pending(self) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.background.entry import FINISHED, STATE_SLACK, STATUSES, SUBMIT_DECODES, Entry, SpoolFull
+from app.background.estimates import Estimates
 from app.background.spool import JobState, Spool, new_id, result_bound
 from app.images import imaging
 from app.images.imaging import ImageError
@@ -35,8 +36,9 @@ from app.runtime.work import Busy, TooLarge
 log = logging.getLogger("app.background.jobs")
 T = TypeVar("T")
 
-class JobManager:
+class JobManager(Estimates):
     def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__()
         s = pipeline.up.settings
         self.pipeline, self.up = pipeline, pipeline.up
         self.ttl_s, self.max_bytes = s.job_ttl_s, s.spool_max_bytes
@@ -180,23 +182,6 @@ class JobManager:
 
     # -- estimates -----------------------------------------------------------------------
 
-    def _left_s(self, entry: Entry) -> float:
-        """Wall seconds of model work left for a job, all workers on it."""
-        st = entry.state
-        name = self._model_of(st)
-        sched = self.up.schedulers.get(name) if name is not None else None
-        if sched is None or st.status in FINISHED:
-            return 0.0
-        job = entry.job
-        if job is not None:
-            if job.started_at is not None and job.done >= max(2, job.total // 20):
-                # The job's own pace so far: it includes the requests it yields to, which
-                # the cost model's prior does not (that was 1.7-2.5x optimistic at x4).
-                spent = asyncio.get_running_loop().time() - job.started_at
-                return spent / job.done * (job.total - job.done)
-            return sched.remaining_s(job) / sched.workers
-        return sched.cost.seconds(st.tile_h, st.tile_w, st.tiles_total) / sched.workers
-
     def _planned(self, st: JobState, data: bytes) -> Planned:
         """A spooled job as its submission planned it: its model and plan, not made again.
         (State files of older versions lack them: their model and plan are made now.)"""
@@ -209,24 +194,6 @@ class JobManager:
         return Planned(imaging.reopen(data), name, st.scale, tiling.plan_from_dict(st.plan),
                        st.out_format, st.quality, st.strip,
                        tuple(st.target) if st.target else None)  # type: ignore[arg-type]
-
-    def _model_of(self, st: JobState) -> str | None:
-        """The model chosen at submission (older state files lack it: the scale's clean)."""
-        return st.model or self.up.engine.model_for(st.scale)
-
-    def _eta_s(self, entry: Entry) -> float:
-        if entry.state.status != "queued":
-            return self._left_s(entry)
-        ahead = [e for e in self.entries.values() if e.state.status == "running"]
-        for job_id in self.queue:
-            if job_id == entry.state.id:
-                break
-            if (e := self.entries.get(job_id)) is not None:
-                ahead.append(e)
-        return sum(self._left_s(e) for e in ahead) + self._left_s(entry)
-
-    def backlog_s(self) -> float:
-        return sum(self._left_s(e) for e in self.entries.values())
 
     # -- running -------------------------------------------------------------------------
 
@@ -272,8 +239,7 @@ class JobManager:
             planned = self._planned(st, data)
             del data  # the probe's file holds it until it is decoded
             size = await self.pipeline.to_file(
-                planned, st.id,
-                lambda write: entry.in_thread(self.spool.write_result, st.id, write),
+                planned, st.id, lambda write: self._write(entry, write),
                 on_admit=lambda work: setattr(entry, "job", work))
         except Busy:  # the scheduler is stopping: the next start runs it again
             log.info("job %s interrupted by the shutdown", st.id)
@@ -291,6 +257,16 @@ class JobManager:
             entry.bytes = await entry.in_thread(self.spool.used_bytes, st.id)
         finally:
             entry.job = None
+
+    async def _write(self, entry: Entry, write: Any) -> int:
+        """Write a job's result (timed: the next estimates of its format learn from it)."""
+        entry.writing_since = t0 = time.perf_counter()
+        try:
+            size = await entry.in_thread(self.spool.write_result, entry.state.id, write)
+        finally:
+            entry.writing_since = None
+        self.learn_write(entry.state, time.perf_counter() - t0)
+        return size
 
     async def _finish(self, entry: Entry, status: str, error: str | None = None) -> None:
         st = entry.state
