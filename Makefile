@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint k8s triton bench figure clean
+.PHONY: serve test lint k8s triton image bench figure clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ k8s: $(VENV)/.dev-installed
 DEVICE ?= cpu
 triton: $(VENV)/.serve-installed
 	$(BIN)/python -m model.triton_repo triton-repo --device $(DEVICE)
+
+# The container image (FLAVOR=gpu for the GPU one), with or without Docker Hub.
+image:
+	scripts/build_image.sh
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.load

@@ -7,7 +7,8 @@
 #      with this machine's CA certificates in its system store (package downloads and pip may
 #      go through a TLS-intercepting proxy), and imports it into podman -- skipped when the
 #      base image already exists (LSRCNN_SMOKE_REBUILD_BASE=1 forces it);
-#   3. builds the service image from the repo's Dockerfile on that base (FLAVOR=cpu);
+#   3. builds the service image from the repo's Dockerfile (scripts/build_image.sh, what
+#      `make image` runs; on that base where Docker Hub cannot be reached);
 #   4. runs it, times start-to-ready, POSTs a test image to /upscale?scale=2 and checks that the
 #      answer is a PNG twice as wide and high;
 #   5. stops it with SIGTERM while a request is in flight and checks that the request still gets
@@ -40,7 +41,6 @@ STOP_TIMEOUT=${LSRCNN_SMOKE_STOP_TIMEOUT:-25}
 SUITE=${LSRCNN_SMOKE_SUITE:-bookworm}
 SOURCES=${LSRCNN_SMOKE_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 TEST_IMAGE="$ROOT/tests/data/Set5/bird.png"
-SYSTEM_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 # runc: the default OCI runtime is not always usable. Explicit ulimits: podman's default
 # nofile (1048576) is above the hard limit of some sandboxes and then the container fails to start.
@@ -92,56 +92,18 @@ base_s=cached
 if [[ ${LSRCNN_SMOKE_REBUILD_BASE:-0} != 1 ]] && podman image exists "$BASE_IMAGE"; then
     log "base image $BASE_IMAGE exists; skipping mmdebstrap"
 else
-    [[ -f "$SOURCES" ]] || die "apt sources file $SOURCES not found (set LSRCNN_SMOKE_SOURCES)"
-    log "building base image $BASE_IMAGE with mmdebstrap ($SUITE, sources from $SOURCES)"
-    # The host's extra CAs (e.g. a TLS proxy's) go into the image's system store; the host's
-    # bundle replaces the generated one so the image trusts exactly what the host trusts.
-    # shellcheck disable=SC2016  # $1 is the hook's argument (the rootfs), expanded by mmdebstrap
-    ca_hook='mkdir -p "$1/usr/local/share/ca-certificates"
-        for f in /usr/local/share/ca-certificates/*; do
-            if [ -e "$f" ]; then cp -r "$f" "$1/usr/local/share/ca-certificates/"; fi
-        done
-        chroot "$1" update-ca-certificates >/dev/null
-        if [ -s /etc/ssl/certs/ca-certificates.crt ]; then
-            cp /etc/ssl/certs/ca-certificates.crt "$1/etc/ssl/certs/ca-certificates.crt"
-        fi'
     t0=$(now)
-    podman rmi -f "$BASE_IMAGE" >/dev/null 2>&1 || true
-    # shellcheck disable=SC2016
-    mmdebstrap --mode=root --variant=minbase --format=tar \
-        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-        --include=python3,python3-venv,ca-certificates \
-        --aptopt='Acquire::Retries "3"' \
-        --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/info/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' \
-        --dpkgopt='path-exclude=/usr/share/doc/*' \
-        --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-        --customize-hook="$ca_hook" \
-        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/*.log' \
-        "$SUITE" - "$SOURCES" \
-        | podman import \
-            --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'ENV LANG=C.UTF-8' \
-            --change 'CMD ["/bin/bash"]' \
-            - "$BASE_IMAGE" >/dev/null
+    LSRCNN_BASE_SUITE=$SUITE LSRCNN_BASE_SOURCES=$SOURCES "$ROOT/scripts/base_image.sh" "$BASE_IMAGE"
     base_s=$(elapsed "$t0" "$(now)")
-    podman run --rm "${PODMAN_OPTS[@]}" "$BASE_IMAGE" python3 --version
 fi
 
 # --- 2. service image ------------------------------------------------------------------------
-log "building $IMAGE from $ROOT (FLAVOR=cpu, BASE_IMAGE=$BASE_IMAGE)"
-build_args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg FLAVOR=cpu
-            --build-arg "PIP_CERT=$SYSTEM_CA_BUNDLE")
-# An index/mirror given to pip through the environment is handed on (not pip's config files:
-# those may point at paths that exist only on this machine).
-for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
-    if [[ -n ${!var:-} ]]; then build_args+=(--build-arg "$var=${!var}"); fi
-done
+log "building $IMAGE from $ROOT with make image's script (FLAVOR=cpu)"
 t0=$(now)
-# --format docker keeps HEALTHCHECK (the OCI image format has no healthcheck field).
-podman build "${PODMAN_OPTS[@]}" --format docker "${build_args[@]}" \
-    -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
+# The script `make image` runs: it pulls the default base where Docker Hub answers, else
+# builds on $BASE_IMAGE (made above); pip indexes given in the environment are handed on.
+CONTAINER_ENGINE=podman FLAVOR=cpu LSRCNN_BASE_IMAGE=$BASE_IMAGE \
+    "$ROOT/scripts/build_image.sh" "$IMAGE"
 build_s=$(elapsed "$t0" "$(now)")
 # Untagged leftovers (the previous image, build stages) would otherwise pile up run after run.
 podman image prune -f >/dev/null

@@ -80,8 +80,11 @@ class Admission:
         if alone > self.headroom * self.timeout_s:
             side = self.largest_side()
             raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
-                           f"{self.timeout_s:.0f} s deadline; the largest input that can "
-                           f"finish is about {side}x{side} pixels", "too_slow", side)
+                           f"{self.headroom * self.timeout_s:.0f} s a request may spend on "
+                           f"the model ({self.headroom:.0%} of its {self.timeout_s:.0f} s "
+                           f"deadline; the rest is for decoding and encoding); the largest "
+                           f"input that fits is about {side}x{side} pixels: send bigger "
+                           f"images to POST /v1/jobs, which has no deadline", "too_slow", side)
         if self.waiting_tiles + plan.count > self.queue_limit:
             raise Busy(f"{self.waiting_tiles} tiles queued; the limit is {self.queue_limit}",
                        self._retry_after())
