@@ -187,3 +187,22 @@ def test_the_service_runs_end_to_end_on_openvino() -> None:
             assert 'engine="openvino"' in text
 
     asyncio.run(main())
+
+
+def test_without_openvino_everything_runs_on_onnxruntime_as_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runners, "openvino_version", lambda: None)
+
+    class NoOpenVino(Engine):
+        def openvino(self, name: str, precision: str, workers: int) -> Fake:
+            raise AssertionError("no OpenVINO runner may be built")
+
+    engine = NoOpenVino(Settings())  # engine auto, precision auto
+    engine.load()
+    engine.choose("lsrcnn-lite-x2", (16, 16), 2)
+    info = engine.models["lsrcnn-lite-x2"]
+    assert (info.engine, info.precision) == (ONNXRUNTIME, FP32)
+    assert info.notes == ["openvino is not installed"]
+    assert info.trials == [{"engine": ONNXRUNTIME, "precision": FP32, "gate_psnr_db": None,
+                            "ms_per_tile": None, "passed": True,
+                            "reason": "the only candidate"}]
