@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import IO
 
@@ -282,7 +283,10 @@ def encode(img: Image.Image, fmt: str, quality: int, meta: Metadata | None,
     buf = fp if fp is not None else io.BytesIO()
     opts = save_options(meta, fmt)
     if fmt == "png":
+        # Run-length matches on the filtered rows: 15% faster and 6% smaller than zlib's
+        # default strategy on Set5 and Set14 at x2, level 1 (docs/benchmarks.md).
         opts["compress_level"] = png_compress_level
+        opts["compress_type"] = zlib.Z_RLE
     else:
         opts["quality"] = quality
     img.save(buf, format=WRITABLE[fmt], **opts)

@@ -79,9 +79,9 @@ class Admission:
         alone = need / min(self.workers, plan.count)
         if alone > self.headroom * self.timeout_s:
             side = self.largest_side()
-            raise TooLarge(f"the image needs about {alone:.0f} s of model time, over the "
-                           f"{self.headroom * self.timeout_s:.0f} s a request may spend on "
-                           f"the model ({self.headroom:.0%} of its {self.timeout_s:.0f} s "
+            raise TooLarge(f"the image needs about {alone:.2g} s of model time, over the "
+                           f"{self.headroom * self.timeout_s:.2g} s a request may spend on "
+                           f"the model ({self.headroom:.0%} of its {self.timeout_s:g} s "
                            f"deadline; the rest is for decoding and encoding); the largest "
                            f"input that fits is about {side}x{side} pixels: send bigger "
                            f"images to POST /v1/jobs, which has no deadline", "too_slow", side)

@@ -335,7 +335,7 @@ def test_too_much_work_is_413_before_decoding_with_the_largest_input() -> None:
                              headers=PNG)
             assert r.status_code == 413
             body = _error(r)
-            assert f"largest input that can finish is about {body['largest_side']}x" in \
+            assert f"largest input that fits is about {body['largest_side']}x" in \
                 body["error"]
             # Machine-readable: the page sends such an image to /v1/jobs on this, not on words.
             assert body["reason"] == "too_slow" and body["largest_side"] < 600

@@ -98,7 +98,7 @@ def test_admission_refuses_what_cannot_finish_alone_with_the_largest_input() -> 
             sched.admit(plan_tiles(8, 8 * 4000, 8, 0), asyncio.get_running_loop().time() + 10)
         # The default planner makes one tile of any size: 0.8 * 10 s / 1e-4 s per pixel.
         side = math.isqrt(80_000)
-        assert f"largest input that can finish is about {side}x{side}" in str(err.value)
+        assert f"largest input that fits is about {side}x{side}" in str(err.value)
 
     asyncio.run(main())
 
