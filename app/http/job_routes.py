@@ -33,6 +33,8 @@ _JOB = {"content": {"application/json": {"schema": {
         "progress": {"type": "number"}, "tiles_done": {"type": "integer"},
         "tiles_total": {"type": "integer"}, "eta_s": {"type": "number"},
         "scale": {"type": "integer"}, "model": {"type": "string"},
+        "size": {"type": "array", "items": {"type": "integer"}},
+        "filename": {"type": "string"},
         "format": {"type": "string"},
         "error": {"type": "string"}, "result_url": {"type": "string"}}}}}}
 _404 = {404: {**error_docs(400)[400], "description": "no such job (or it expired)"}}
