@@ -147,9 +147,11 @@ def multi_frame() -> dict[str, tuple[int, bytes]]:
 
 def bad_params() -> dict[str, tuple[int, str]]:
     return {q: (422, q) for q in (
-        "scale=0", "scale=1", "scale=5", "scale=-2", "scale=two", "scale=2.5",
-        "scale=99999999999999999999", "format=gif", "format=PNG", "format=", "quality=0",
-        "quality=101", "quality=abc", "scale=2&quality=-1")}
+        "scale=0", "scale=1", "scale=5", "scale=-2", "scale=two", "scale=4.5", "scale=nan",
+        "scale=inf", "scale=99999999999999999999", "format=gif", "format=PNG", "format=",
+        "quality=0", "quality=101", "quality=abc", "scale=2&quality=-1", "width=0",
+        "width=-5", "height=abc", "width=10", "height=1", "scale=2&width=900",
+        "width=99999999", "widht=900")}
 
 
 def model_params() -> list[Case]:
