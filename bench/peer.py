@@ -113,7 +113,8 @@ def main() -> None:
     if handle is None:
         print(f"SKIPPED: {why}")
         return
-    proc, surl = start_server("app", {"LSRCNN_LOG_LEVEL": "warning"})
+    # The service's own default runtime (the test harness pins ONNX Runtime otherwise).
+    proc, surl = start_server("app", {"LSRCNN_LOG_LEVEL": "warning", "LSRCNN_ENGINE": "auto"})
     rows = []
     try:
         for side in args.sizes:
