@@ -16,8 +16,11 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
 
 # Measured on Set5 and Set14 (model/weights/README.md): below this JPEG quality the photo
-# model beats the clean one.
+# model beats the clean one; below the strong bound the strong photo model beats the
+# general one, from the mild bound the mild one does.
 PHOTO_BELOW_QUALITY = 93
+PHOTO_STRONG_BELOW = 70
+PHOTO_MILD_FROM = 85
 
 
 class Settings(BaseSettings):
@@ -31,6 +34,12 @@ class Settings(BaseSettings):
         description="a JPEG whose estimated quality (from its quantization tables) is below "
                     "this goes to the photo model of its scale when the request names no "
                     "model; everything else to the clean one (0: never, 101: every JPEG)")
+    photo_strong_below: int = Field(
+        PHOTO_STRONG_BELOW, ge=0, le=101, description="among photo models: a JPEG below "
+        "this estimated quality gets the scale's strong one, where there is one")
+    photo_mild_from: int = Field(
+        PHOTO_MILD_FROM, ge=0, le=101, description="among photo models: a JPEG of this "
+        "estimated quality or more gets the scale's mild one, where there is one")
     preset: str = Field("auto", description="preset where several files serve one scale: "
                         "auto = lsrcnn on the GPU, lsrcnn-lite on the CPU")
     # Execution

@@ -100,12 +100,16 @@ def check_input(shape: tuple[int, ...]) -> None:
 
 # -- metadata ----------------------------------------------------------------------------
 
-SCALE, PRESET, ARCH, KIND = "scale", "preset", "arch", "kind"
+SCALE, PRESET, ARCH, KIND, STRENGTH = "scale", "preset", "arch", "kind", "strength"
 DEFAULT_ARCH = "lsrcnn"  # the only architecture so far; older files do not say
 # What a model was trained for: "clean" (the protocol's bicubic downscale; files that do not
 # say are clean) or "photo" (blur, resize kernels, noise and JPEG: model.degrade).
 CLEAN, PHOTO = "clean", "photo"
 KINDS = (CLEAN, PHOTO)
+# A photo model may be specialised: "mild" (lightly compressed photos), "strong" (heavily
+# compressed or noisy ones); files that do not say are general ("": any photo).
+MILD, STRONG = "mild", "strong"
+STRENGTHS = ("", MILD, STRONG)
 CARD_KEYS = ("parameters", "macs_per_lr_pixel", "training_data", "iterations",
              "validation_set", "validation_psnr", "degradations", "recipe", "precisions")
 CONFIG = "config"  # the network config as JSON (the exporter's record; not needed to serve)
@@ -126,18 +130,23 @@ class ModelDescriptor:
     arch: str = DEFAULT_ARCH
     card: dict[str, str] = field(default_factory=dict, compare=False)
     kind: str = CLEAN
+    strength: str = ""  # photo models only: "", mild or strong
 
     @property
     def name(self) -> str:
-        """`<preset>-x<scale>` for clean models, `<preset>-<kind>-x<scale>` for the others."""
+        """`<preset>-x<scale>` for clean models, `<preset>-<kind>[-<strength>]-x<scale>` for
+        the others."""
         if self.kind == CLEAN:
             return f"{self.preset}-x{self.scale}"
-        return f"{self.preset}-{self.kind}-x{self.scale}"
+        strength = f"-{self.strength}" if self.strength else ""
+        return f"{self.preset}-{self.kind}{strength}-x{self.scale}"
 
     def metadata(self) -> dict[str, str]:
         """The metadata_props that state this descriptor (what the exporter writes)."""
+        strength = {STRENGTH: self.strength} if self.strength else {}
         return {SCALE: str(self.scale), PRESET: self.preset, ARCH: self.arch,
-                KIND: self.kind, "input": INPUT_NOTE, "output": OUTPUT_NOTE, **self.card}
+                KIND: self.kind, **strength, "input": INPUT_NOTE, "output": OUTPUT_NOTE,
+                **self.card}
 
 
 def describe(meta: Mapping[str, str]) -> ModelDescriptor:
@@ -157,5 +166,9 @@ def describe(meta: Mapping[str, str]) -> ModelDescriptor:
     kind = meta.get(KIND, "").strip() or CLEAN
     if kind not in KINDS:
         raise ContractError(f"'{KIND}' must be one of {list(KINDS)}, got {kind!r}")
+    strength = meta.get(STRENGTH, "").strip()
+    if strength not in STRENGTHS or (strength and kind != PHOTO):
+        raise ContractError(f"'{STRENGTH}' is for photo models, one of {list(STRENGTHS[1:])}; "
+                            f"got {strength!r} on a {kind} model")
     card = {k: meta[k] for k in CARD_KEYS if k in meta}
-    return ModelDescriptor(scale, preset, arch, card, kind)
+    return ModelDescriptor(scale, preset, arch, card, kind, strength)

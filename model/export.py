@@ -50,7 +50,8 @@ def descriptor(model: LSRCNN, ckpt: dict) -> contract.ModelDescriptor:
     if train.get("recipe"):
         card["recipe"] = f"model/recipes/{train['recipe']}"
     kind = train.get("kind", contract.CLEAN)
-    return contract.ModelDescriptor(model.cfg.scale, model.cfg.preset, ARCH, card, kind)
+    return contract.ModelDescriptor(model.cfg.scale, model.cfg.preset, ARCH, card, kind,
+                                    train.get("strength", ""))
 
 
 def metadata(model: LSRCNN, ckpt: dict) -> dict[str, str]:

@@ -32,9 +32,9 @@ from model.quality import psnr, quantize
 log = logging.getLogger("model.train")
 
 
-RECIPE_KEYS = {"kind", "preset", "scale", "attention", "hidden", "data", "val", "val_degrade",
-               "iters", "batch", "patch", "lr", "schedule", "min_lr", "warmup", "loss", "clip",
-               "seed", "init", "degrade", "degradations", "notes"}
+RECIPE_KEYS = {"kind", "strength", "preset", "scale", "attention", "hidden", "data", "val",
+               "val_degrade", "iters", "batch", "patch", "lr", "schedule", "min_lr", "warmup",
+               "loss", "clip", "seed", "init", "degrade", "degradations", "notes"}
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "below (flags given too win); data set names resolve under --datasets")
     p.add_argument("--datasets", default=None, help="folder holding the recipe's data sets")
     p.add_argument("--kind", default="clean", help="clean | photo: what the model is for")
+    p.add_argument("--strength", default="", choices=("", "mild", "strong"),
+                   help="a photo model's specialisation: mild or strong compression")
     p.add_argument("--preset", default="lsrcnn-lite", help="lsrcnn | lsrcnn-lite")
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     p.add_argument("--attention", default=None, help="override: none|channel|spatial|mixed")
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
             "train": {"data": [Path(d).name for d in args.data], "batch": args.batch,
                       "patch": args.patch, "loss": args.loss, "lr": args.lr,
                       "schedule": args.schedule, "init": args.init and Path(args.init).name,
-                      "iters": args.iters, "kind": args.kind, "degrade": args.degrade,
+                      "iters": args.iters, "kind": args.kind, "strength": args.strength,
+                      "degrade": args.degrade,
                       "degradations": degr.to_dict(), "val_degrade": val_chain.name,
                       "recipe": args.recipe and Path(args.recipe).name,
                       "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

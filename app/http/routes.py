@@ -88,7 +88,7 @@ async def ready(request: Request, up: UpscalerDep) -> JSONResponse:
 async def models(up: UpscalerDep) -> dict:
     return {"models": [
         {"name": info.name, "arch": info.arch, "scale": info.scale, "preset": info.preset,
-         "kind": info.kind,
+         "kind": info.kind, "strength": info.strength,
          "provider": info.provider, "engine": info.engine, "precision": info.precision,
          "engine_trials": info.trials, "engine_notes": info.notes, "file": info.path.name,
          "ready": up.model_ready(info.name),

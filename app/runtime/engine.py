@@ -106,11 +106,13 @@ class Engine:
     def scales(self) -> list[int]:
         return sorted({info.scale for info in self.models.values()})
 
-    def model_for(self, scale: int, kind: str = contract.CLEAN) -> str | None:
-        """The model of a kind that serves a scale when a request names none (LSRCNN_PRESET
-        picks among presets); None for a photo model where the scale has none."""
+    def model_for(self, scale: int, kind: str = contract.CLEAN, strength: str = ""
+                  ) -> str | None:
+        """The model of a kind (and, for photo models, of a strength where there is one)
+        that serves a scale when a request names none (LSRCNN_PRESET picks among presets);
+        None for a photo model where the scale has none."""
         return registry.pick(list(self.models.values()), scale, self.settings.preset,
-                             self.on_gpu, kind)
+                             self.on_gpu, kind, strength)
 
     def session(self, path: Path, options: ort.SessionOptions | None, providers: list
                 ) -> ort.InferenceSession:

@@ -59,6 +59,10 @@ class ModelInfo:
     def kind(self) -> str:
         return self.descriptor.kind
 
+    @property
+    def strength(self) -> str:
+        return self.descriptor.strength
+
     def card(self) -> dict[str, str]:
         return dict(self.descriptor.card)
 
@@ -104,15 +108,23 @@ def wanted_preset(preset: str, on_gpu: bool) -> str:
 
 
 def pick(models: list[ModelInfo] | list[ModelFile], scale: int, preset: str, on_gpu: bool,
-         kind: str = contract.CLEAN) -> str | None:
+         kind: str = contract.CLEAN, strength: str = "") -> str | None:
     """The name of the model that serves `scale` when a request names none: of the wanted
     kind (a clean model where there is none of it: a folder of photo models alone still
-    serves), the wanted preset where there is one, else the first; None if the scale has
-    no model, or `kind` is photo and the scale has no photo model."""
+    serves) and, for photo models, of the wanted strength where the scale has one, else
+    the general photo model, else any; the wanted preset where there is one, else the
+    first; None if the scale has no model, or `kind` is photo and the scale has no photo
+    model."""
     of_scale = [m for m in models if m.descriptor.scale == scale]
     of_kind = [m for m in of_scale if m.descriptor.kind == kind]
     if not of_kind and kind == contract.CLEAN:
         of_kind = of_scale
+    if kind == contract.PHOTO:
+        for want in dict.fromkeys((strength, "")):
+            exact = [m for m in of_kind if m.descriptor.strength == want]
+            if exact:
+                of_kind = exact
+                break
     wanted = wanted_preset(preset, on_gpu)
     for m in of_kind:
         if m.descriptor.preset == wanted:

@@ -70,8 +70,9 @@ class Upscaler:
                 jpeg_quality: int | None = None) -> str:
         """The model a request means: by name, else the one of its kind serving its scale
         (the default scale when it names neither). With `kind` auto, a JPEG whose estimated
-        quality is below LSRCNN_PHOTO_BELOW_QUALITY gets the scale's photo model, anything
-        else the clean one. UnknownModel when there is none; ValueError when the name, the
+        quality is below LSRCNN_PHOTO_BELOW_QUALITY gets the scale's photo model (of the
+        strength its quality calls for, where the scale has one), anything else the clean
+        one. UnknownModel when there is none; ValueError when the name, the
         scale or the kind disagree."""
         if model is not None:
             if model not in self.schedulers:
@@ -92,13 +93,27 @@ class Upscaler:
         if kind == contract.CLEAN and self.engine.models[name].kind != contract.CLEAN:
             raise UnknownModel(f"no clean model for x{scale}")
         if kind == contract.PHOTO:
-            photo = self.engine.model_for(scale, contract.PHOTO)
+            photo = self.engine.model_for(scale, contract.PHOTO,
+                                          self.photo_strength(jpeg_quality))
             if photo is None or photo not in self.schedulers:
                 if auto:  # a scale with no photo model: the clean one serves every image
                     return name
                 raise UnknownModel(f"no photo model for x{scale}")
             return photo
         return name
+
+    def photo_strength(self, jpeg_quality: int | None) -> str:
+        """The photo model's strength a JPEG of this quality gets where its scale has one:
+        strong below LSRCNN_PHOTO_STRONG_BELOW, mild from LSRCNN_PHOTO_MILD_FROM, else (and
+        for images with no JPEG quality) the general photo model."""
+        s = self.settings
+        if jpeg_quality is None:
+            return ""
+        if jpeg_quality < s.photo_strong_below:
+            return contract.STRONG
+        if jpeg_quality >= s.photo_mild_from:
+            return contract.MILD
+        return ""
 
     def auto_kind(self, jpeg_quality: int | None) -> str:
         """The kind of model an image gets when the request leaves the choice to us."""

@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from app.runtime.engine import Engine, EngineError
 from app.runtime.tiling import plan_tiles
 from app.settings import Settings
+from tests.conftest import WEIGHTS
 from tests.helpers import TEST_SETTINGS, make_app, noise, png_bytes, running, set5_crop
 
 PNG = {"content-type": "image/png"}
@@ -210,12 +211,15 @@ def test_models_and_metrics_endpoints() -> None:
         async with running(make_app()) as c:
             await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 30, 30)), headers=PNG)
             models = (await c.get("/v1/models")).json()["models"]
-            # A clean and a photo model per scale, by scale then name.
-            assert [m["scale"] for m in models] == [2, 2, 3, 3, 4, 4]
-            assert [(m["name"], m["kind"]) for m in models] == [
-                (f"lsrcnn-lite{k}-x{s}", kind) for s in (2, 3, 4)
-                for k, kind in (("-photo", "photo"), ("", "clean"))]
-            assert [m["default_for_scale"] for m in models] == [False, True] * 3
+            # Every bundled file, by scale then name: per scale a clean model (the default)
+            # and a photo model, and at x2 the photo model's mild and strong strengths too.
+            shipped = sorted((int(p.stem[-1]), p.stem) for p in WEIGHTS.glob("*.onnx"))
+            assert [(m["scale"], m["name"]) for m in models] == shipped
+            assert [m["name"] for m in models if m["default_for_scale"]] == [
+                "lsrcnn-lite-x2", "lsrcnn-lite-x3", "lsrcnn-lite-x4"]
+            assert all(m["kind"] == ("photo" if "-photo" in m["name"] else "clean")
+                       for m in models)
+            assert {m["strength"] for m in models} == {"", "mild", "strong"}
             assert all(m["arch"] == "lsrcnn" and m["ready"] for m in models)
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)
             assert all(m["preset"] == "lsrcnn-lite" and "validation_psnr" in m["card"]
@@ -468,8 +472,8 @@ def test_upscale_picks_a_model_by_name_or_by_scale_with_the_same_answer() -> Non
             r = await c.post("/upscale?model=nope", content=body, headers=PNG)
             assert r.status_code == 422 and "no ready model named 'nope'" in _error(r)["error"]
             ready = (await c.get("/health/ready")).json()
-            assert ready["models"] == [f"lsrcnn-lite{k}-x{s}" for s in (2, 3, 4)
-                                       for k in ("-photo", "")]
+            assert ready["models"] == [name for _, name in sorted(
+                (int(p.stem[-1]), p.stem) for p in WEIGHTS.glob("*.onnx"))]
 
     run(main())
 

@@ -175,7 +175,8 @@ def test_the_page_upscales_compares_downloads_and_shows_errors(
 
     assert browser.find_element(By.CSS_SELECTOR, "input[name=kind][value='auto']").is_selected()
     _upscale(browser, photo, 2)
-    assert used() == "lsrcnn-lite-photo-x2" and "lsrcnn-lite-photo-x2" in \
+    # q50: the strong photo model (x2 has one); the page names it.
+    assert used() == "lsrcnn-lite-photo-strong-x2" and "lsrcnn-lite-photo-strong-x2" in \
         browser.find_element(By.ID, "sizes").text
     _upscale(browser, photo, 2, "clean")
     assert used() == "lsrcnn-lite-x2"

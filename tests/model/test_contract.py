@@ -102,3 +102,14 @@ def test_the_server_and_its_error_renderer_need_no_onnxruntime() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_photo_strength_in_the_metadata() -> None:
+    base = {"scale": "2", "preset": "lsrcnn-lite", "kind": "photo"}
+    strong = contract.describe({**base, "strength": "strong"})
+    assert strong.strength == "strong" and strong.name == "lsrcnn-lite-photo-strong-x2"
+    assert contract.describe(base).name == "lsrcnn-lite-photo-x2"
+    assert contract.describe(strong.metadata()) == strong
+    for bad in ({**base, "strength": "medium"}, {**base, "kind": "clean", "strength": "mild"}):
+        with pytest.raises(contract.ContractError, match="strength"):
+            contract.describe(bad)
