@@ -248,7 +248,13 @@ class Engine:
             x = rng.random((1, 1, th, tw), dtype=np.float32)
             samples.append((th, tw, min(_timed(lambda x=x: self.run(name, x))
                                         for _ in range(2))))
+        self.runners[name].release()  # one model's buffers at a time, not all at the peak
         return samples
+
+    def release(self) -> int:
+        """Hand back the memory runners hold between calls (OpenVINO's buffers) where no
+        call is running; how many released."""
+        return sum(bool(r.release()) for r in list(self.runners.values()))
 
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
         """[N, 1, H, W] of Y/255 in, [N, 1, sH, sW] out (same scale), by the contract."""

@@ -161,6 +161,9 @@ class Upscaler:
                 self.engine.drop(name, f"warm-up failed: {err}")  # another may serve its scale
         for name, cost in costs.items():
             self.schedulers[name] = self._scheduler(name, cost)
+        # The runtimes that lost at warm-up are gone, and the winners' warm-up buffers are
+        # not needed until the first tile: hand their pages back.
+        await asyncio.to_thread(self._release)
         if self.schedulers and self._trimmer is None:
             self._trimmer = asyncio.create_task(self._trim_when_idle())
         default = self.engine.model_for(s.default_scale)
@@ -194,7 +197,13 @@ class Upscaler:
             await asyncio.sleep(IDLE_TRIM_S)
             if self._dirty and not any(sc.busy for sc in self.schedulers.values()):
                 self._dirty = False
-                await asyncio.to_thread(_malloc_trim)
+                await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        """Runners' buffers between calls (a call that starts meanwhile keeps its own),
+        then the heap pages freed."""
+        self.engine.release()
+        _malloc_trim()
 
     async def stop(self) -> None:
         if self._trimmer is not None:

@@ -249,6 +249,9 @@ class FailingRunner:
     def run(self, x: object) -> None:
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected fault")
 
+    def release(self) -> bool:
+        return False
+
 
 def test_a_failed_model_call_logs_the_cause_traceback_and_request_ids(caplog) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:

@@ -47,7 +47,9 @@ def test_peak_memory_of_a_2000_square_x2_request_fits_the_compose_limit(tmp_path
     buf = io.BytesIO()
     img.save(buf, "PNG")
     with open(tmp_path / "server.log", "wb") as log:
-        proc, url = start_server("app", {"LSRCNN_LOG_LEVEL": "warning"}, output=log)
+        # The container's own default runtime, whatever the test harness pins elsewhere.
+        proc, url = start_server("app", {"LSRCNN_LOG_LEVEL": "warning", "LSRCNN_ENGINE": "auto"},
+                                 output=log)
     try:
         r = httpx.post(f"{url}/upscale?scale=2", content=buf.getvalue(),
                        headers={"content-type": "image/png"}, timeout=600)

@@ -69,6 +69,9 @@ class Fake:
         y = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
         return y + self.error
 
+    def release(self) -> bool:
+        return False
+
 
 def _choose(fakes: dict[Candidate, Fake], ms: dict[str, float]) -> tuple:
     return choice.choose(lambda c: fakes[c], Fake(ONNXRUNTIME, FP32), list(fakes),
@@ -147,6 +150,20 @@ def test_a_cpu_without_bf16_never_runs_bf16(monkeypatch: pytest.MonkeyPatch,
     assert built == [FP32] and info.precision == FP32
     assert "this CPU has no bf16 instructions" in info.notes
     assert "bf16 asked for but unavailable: fp32" in info.notes
+
+
+@needs_openvino
+def test_openvino_hands_back_its_buffers_when_idle_only() -> None:
+    engine = Engine(Settings())
+    engine.load()
+    runner = runners.OpenVinoRunner(engine.models["lsrcnn-lite-x2"].path, FP32, 1, 1)
+    x = np.random.default_rng(2).random((1, 1, 24, 24), dtype=np.float32)
+    want = runner.run(x)
+    assert runner.release()
+    runner._running = 1  # a call in flight: nothing is released under it
+    assert not runner.release()
+    runner._running = 0
+    assert np.array_equal(runner.run(x), want)  # and it runs as before, buffers anew
 
 
 @needs_openvino
