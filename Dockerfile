@@ -93,7 +93,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LSRCNN_PORT=8000
 
 LABEL org.opencontainers.image.title="lsrcnn" \
-      org.opencontainers.image.description="LSTM super-resolution upscaling HTTP service (ONNX Runtime)" \
+      org.opencontainers.image.description="LSTM super-resolution upscaling HTTP service (ONNX Runtime; OpenVINO on x86-64 CPUs)" \
       org.opencontainers.image.licenses="MIT" \
       lsrcnn.flavor="${FLAVOR}"
 

@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
                            expose_headers=["X-Request-ID", "Server-Timing", "X-Model", "X-Tiles",
-                                           "Location"])
+                                           "Location", "Content-Disposition"])
     return app
 
 
