@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from app.images.pipeline import upscale_direct
 from app.runtime.engine import Engine
+from app.runtime.upscaler import photo_strength
 from app.settings import Settings
 from model import contract
 from model.contract import rgb_to_y
@@ -48,7 +49,9 @@ def main() -> None:
     engine = Engine(settings)
     engine.load()
     s = args.scale
-    clean, photo = engine.model_for(s), engine.model_for(s, contract.PHOTO)
+    # The photo model the service's Auto gives a JPEG of this quality.
+    clean = engine.model_for(s)
+    photo = engine.model_for(s, contract.PHOTO, photo_strength(settings, args.quality))
     if clean is None or photo is None:
         raise SystemExit(f"needs a clean and a photo x{s} model in {settings.model_dir}")
     hr = Image.open(args.image).convert("RGB").crop(tuple(args.box))

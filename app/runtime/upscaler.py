@@ -31,6 +31,19 @@ def _malloc_trim() -> None:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
 
 
+def photo_strength(settings: Settings, jpeg_quality: int | None) -> str:
+    """The photo model's strength a JPEG of this quality gets where its scale has one:
+    strong below LSRCNN_PHOTO_STRONG_BELOW, mild from LSRCNN_PHOTO_MILD_FROM, else (and for
+    images with no JPEG quality) the general photo model."""
+    if jpeg_quality is None:
+        return ""
+    if jpeg_quality < settings.photo_strong_below:
+        return contract.STRONG
+    if jpeg_quality >= settings.photo_mild_from:
+        return contract.MILD
+    return ""
+
+
 class UnknownModel(LookupError):
     """No ready model of that name or scale."""
 
@@ -103,17 +116,7 @@ class Upscaler:
         return name
 
     def photo_strength(self, jpeg_quality: int | None) -> str:
-        """The photo model's strength a JPEG of this quality gets where its scale has one:
-        strong below LSRCNN_PHOTO_STRONG_BELOW, mild from LSRCNN_PHOTO_MILD_FROM, else (and
-        for images with no JPEG quality) the general photo model."""
-        s = self.settings
-        if jpeg_quality is None:
-            return ""
-        if jpeg_quality < s.photo_strong_below:
-            return contract.STRONG
-        if jpeg_quality >= s.photo_mild_from:
-            return contract.MILD
-        return ""
+        return photo_strength(self.settings, jpeg_quality)
 
     def auto_kind(self, jpeg_quality: int | None) -> str:
         """The kind of model an image gets when the request leaves the choice to us."""
