@@ -83,7 +83,11 @@ class Pipeline:
         up, s = self.up, self.up.settings
         max_in, max_out = limits or (s.max_input_pixels, s.max_output_pixels)
         target = None
-        if size.integer is not None or (size.scale is None and not size.by_image):
+        default = size.scale is None and not size.by_image
+        # A whole scale with no model of its own (x3 where only x2 and x4 serve) is made
+        # like a fractional one: the next scale's model, then resized.
+        served = size.integer is not None and (model is not None or size.integer in up.scales)
+        if default or served:
             scale = up.engine.models[up.resolve(size.integer, model, kind)].scale
             probed = imaging.probe(data, max_in, max_out, scale, fmt)
         else:

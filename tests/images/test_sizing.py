@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from app.http import naming
 from app.images.sizing import Size, SizeError, model_scale, resize
+from tests.conftest import WEIGHTS
 from tests.helpers import make_app, png_bytes, running, set5_crop
 
 SCALES = [2, 3, 4]
@@ -127,5 +129,21 @@ def test_upscale_and_jobs_make_any_size_and_refuse_what_they_cannot() -> None:
             assert 'filename="butterfly_100x67.png"' in res.headers["content-disposition"]
             r = await c.post("/upscale?scale=2&filename=bird.png", content=body, headers=PNG)
             assert 'filename="bird_x2.png"' in r.headers["content-disposition"]
+
+    asyncio.run(main())
+
+
+def test_a_whole_scale_without_its_own_model_is_made_by_the_next_one(tmp_path: Path) -> None:
+    for name in ("lsrcnn-lite-x2", "lsrcnn-lite-x4"):
+        (tmp_path / f"{name}.onnx").symlink_to(WEIGHTS / f"{name}.onnx")
+    body = png_bytes(set5_crop("bird", (0, 0, 40, 30)))
+
+    async def main() -> None:
+        async with running(make_app(model_dir=tmp_path)) as c:
+            r = await c.post("/upscale?scale=3", content=body, headers=PNG)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-model"] == "lsrcnn-lite-x4" and _size(r) == (120, 90)
+            r = await c.post("/upscale?scale=4", content=body, headers=PNG)
+            assert r.headers["x-model"] == "lsrcnn-lite-x4" and _size(r) == (160, 120)
 
     asyncio.run(main())
