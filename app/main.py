@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
 from app.background.jobs import JobManager
+from app.background.shared import SharedJobs
 from app.http import errors, job_routes, web
 from app.http.kserve_routes import router as kserve_router
 from app.http.middleware import RequestContext
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     upscaler = Upscaler(settings, metrics, engine)
     drain = Drain(settings.graceful_timeout_s)
     pipeline = Pipeline(upscaler)
-    jobs = JobManager(pipeline, metrics)
+    shared = bool(settings.jobs_store.get_secret_value())
+    jobs = SharedJobs(pipeline, metrics) if shared else JobManager(pipeline, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -118,6 +118,15 @@ class Settings(BaseSettings):
                                  "the spool may hold; beyond: 503 with Retry-After")
     job_ttl_s: float = Field(3600.0, gt=0, description="seconds a finished job and its result "
                              "are kept")
+    jobs_store: SecretStr = Field(SecretStr(""), description="where jobs live: empty for the "
+                                  "spool of this process; redis://[:password@]host:6379/0 for "
+                                  "a Redis shared by every replica (any replica answers any "
+                                  "job; none's death loses one)")
+    job_lease_s: float = Field(30.0, gt=0, description="with a shared store: seconds a job's "
+                               "replica may go silent before another takes the job over")
+    job_pull_below_s: float = Field(2.0, gt=0, description="with a shared store: a replica "
+                                    "takes the next job only while its queued request work "
+                                    "is below this many seconds")
     job_max_input_pixels: int = Field(64_000_000, ge=1, description="input pixel limit of a "
                                       "job (413)")
     job_max_output_pixels: int = Field(0, ge=0, description="output pixel limit of a job (413); "

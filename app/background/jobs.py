@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -21,14 +20,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.background.entry import FINISHED, STATE_SLACK, STATUSES, SUBMIT_DECODES, Entry, SpoolFull
-from app.background.estimates import Estimates
-from app.background.spool import JobState, Spool, new_id, result_bound
-from app.images import imaging
+from app.background.entry import FINISHED, STATUSES, Entry, SpoolFull
+from app.background.intake import JobIntake
+from app.background.spool import JobState, Spool
 from app.images.imaging import ImageError
-from app.images.pipeline import Pipeline, Planned
+from app.images.pipeline import Pipeline
 from app.images.sizing import Size
-from app.runtime import tiling
 from app.runtime.metrics import Metrics
 from app.runtime.upscaler import AUTO, UnknownModel
 from app.runtime.work import Busy, TooLarge
@@ -36,23 +33,18 @@ from app.runtime.work import Busy, TooLarge
 log = logging.getLogger("app.background.jobs")
 T = TypeVar("T")
 
-class JobManager(Estimates):
+class JobManager(JobIntake):
+    store = "spool"
+
     def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
-        super().__init__()
-        s = pipeline.up.settings
-        self.pipeline, self.up = pipeline, pipeline.up
-        self.ttl_s, self.max_bytes = s.job_ttl_s, s.spool_max_bytes
-        # Jobs have pixel limits of their own, larger than a request's.
-        self.limits = (s.job_max_input_pixels, s.job_max_output_pixels or s.max_output_pixels)
-        self.spool = Spool(Path(s.spool_dir))
+        super().__init__(pipeline, metrics)
+        self.spool = Spool(Path(pipeline.up.settings.spool_dir))
         self.entries: dict[str, Entry] = {}
         self.queue: deque[str] = deque()
         self._reserved = 0  # bytes of submissions being checked and written
-        self._decodes = asyncio.Semaphore(SUBMIT_DECODES)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         metrics.watch_jobs(self.count, lambda: self.bytes, STATUSES)
-        self.finished = metrics.jobs_finished
 
     @property
     def bytes(self) -> int:
@@ -93,29 +85,15 @@ class JobManager(Estimates):
                      filename: str | None = None) -> JobState:
         """Check (400/413/415/422 from the header and a decode), choose the model, reserve
         the input's and the result's bytes in the cap, spool durably, queue."""
-        planned = self.pipeline.plan(data, size, model, kind, fmt, quality, self.limits, strip)
-        bound = result_bound(planned.probed, planned.scale, planned.out_fmt)
-        # The input, the result at its largest, and the state file (with slack for growth).
-        need = len(data) + bound + len(json.dumps(tiling.plan_to_dict(planned.plan))) \
-            + STATE_SLACK
+        planned, bound, need = self.plan(data, size, fmt, quality, model, kind, strip)
         if self.bytes + need > self.max_bytes:
             raise SpoolFull(f"the jobs spool is full: {self.bytes} of {self.max_bytes} bytes "
                             f"used or promised, and this job needs up to {need}",
                             max(5, math.ceil(self.backlog_s())))
         self._reserved += need  # before any await: concurrent submissions see it
         try:
-            # Decoded now, as /upscale would before its model work, so that a corrupt or
-            # truncated body is a 400 here rather than a job that fails later; a few at a
-            # time, since each may be as large as the job pixel limit.
-            async with self._decodes:
-                await self.pipeline.decode_image(planned)
-            plan = planned.plan  # as decoded (an orientation the header did not tell)
-            state = JobState(new_id(), planned.scale, fmt, quality, planned.out_fmt,
-                             plan.count, plan.tile_h, plan.tile_w, len(data),
-                             model=planned.name, result_bound=bound + STATE_SLACK,
-                             plan=tiling.plan_to_dict(plan), strip=strip,
-                             target=list(planned.target) if planned.target else None,
-                             filename=filename)
+            state = await self.checked_state(planned, bound, data, fmt, quality, strip,
+                                             filename)
             del planned
             await asyncio.to_thread(self.spool.create, state, data)
             used = await asyncio.to_thread(self.spool.used_bytes, state.id)
@@ -158,42 +136,31 @@ class JobManager(Estimates):
         entry.bytes = await entry.in_thread(self.spool.used_bytes, job_id)
         return self.view(entry)
 
-    def result(self, entry: Entry) -> tuple[Path, str]:
-        return (self.spool.result_path(entry.state.id),
-                imaging.MEDIA_TYPES[entry.state.out_format])
-
     def view(self, entry: Entry) -> dict[str, Any]:
         """The job as the API shows it."""
-        st, (done, total) = entry.state, entry.progress()
-        body: dict[str, Any] = {
-            "id": st.id, "status": st.status,
-            "progress": round(done / total, 4) if total else float(st.status == "done"),
-            "tiles_done": done, "tiles_total": total, "eta_s": round(self._eta_s(entry), 1),
-            "scale": st.scale, "model": self._model_of(st), "format": st.out_format}
-        if st.target:
-            body["size"] = st.target
-        if st.filename:
-            body["filename"] = st.filename
-        if st.error:
-            body["error"] = st.error
-        if st.status == "done":
-            body["result_url"] = f"/v1/jobs/{st.id}/result"
-        return body
+        return self.view_of(entry.state, *entry.progress(), self._eta_s(entry))
 
-    # -- estimates -----------------------------------------------------------------------
+    # -- the routes' interface, common to every store ----------------------------------
 
-    def _planned(self, st: JobState, data: bytes) -> Planned:
-        """A spooled job as its submission planned it: its model and plan, not made again.
-        (State files of older versions lack them: their model and plan are made now.)"""
-        name = self._model_of(st)
-        if name is None or not self.up.model_ready(name):
-            raise UnknownModel(f"model {name} is not served any more")
-        if st.plan is None:
-            return self.pipeline.plan(data, Size(st.scale), name, AUTO, st.format,
-                                      st.quality, self.limits, st.strip)
-        return Planned(imaging.reopen(data), name, st.scale, tiling.plan_from_dict(st.plan),
-                       st.out_format, st.quality, st.strip,
-                       tuple(st.target) if st.target else None)  # type: ignore[arg-type]
+    async def create(self, data: bytes, size: Size, fmt: str | None, quality: int,
+                     model: str | None, kind: str, strip: bool, filename: str | None
+                     ) -> dict[str, Any]:
+        state = await self.submit(data, size, fmt, quality, model, kind, strip, filename)
+        return self.view(self.entries[state.id])
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        entry = self.get(job_id)
+        return None if entry is None else self.view(entry)
+
+    async def open_result(self, job_id: str) -> tuple[dict[str, Any], Path] | None:
+        """The job's view and, once done, its result's file."""
+        entry = self.get(job_id)
+        if entry is None:
+            return None
+        return self.view(entry), self.spool.result_path(job_id)
+
+    def health(self) -> dict[str, Any]:
+        return {"store": self.store, "available": True}
 
     # -- running -------------------------------------------------------------------------
 
@@ -220,15 +187,9 @@ class JobManager(Estimates):
         while self.queue:
             entry = self.entries.get(self.queue[0])
             if entry is not None and entry.state.status == "queued":
-                return entry if self._runnable(entry) else None
+                return entry if self._runnable(entry.state) else None
             self.queue.popleft()
         return None
-
-    def _runnable(self, entry: Entry) -> bool:
-        """A job runs once its model serves; or, once the service is ready, to fail if its
-        model is not there (a model removed since the job was spooled)."""
-        name = self._model_of(entry.state)
-        return self.up.ready or (name is not None and self.up.model_ready(name))
 
     async def _execute(self, entry: Entry) -> None:
         st = entry.state

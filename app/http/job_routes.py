@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from app.background import spool
-from app.background.jobs import Entry, JobManager, SpoolFull
+from app.background.entry import SpoolFull
+from app.background.store import Jobs, StoreUnavailable
 from app.http import naming
 from app.http.deps import (
     UPSCALE_BODY,
@@ -20,6 +25,7 @@ from app.http.deps import (
     error_docs,
 )
 from app.http.problems import Problem
+from app.images import imaging
 
 router = APIRouter()
 
@@ -40,15 +46,23 @@ _JOB = {"content": {"application/json": {"schema": {
 _404 = {404: {**error_docs(400)[400], "description": "no such job (or it expired)"}}
 
 
-def _jobs(request: Request) -> JobManager:
+def _jobs(request: Request) -> Jobs:
     return request.app.state.jobs
 
 
-def _entry(request: Request, job_id: str) -> Entry:
-    entry = _jobs(request).get(job_id) if spool.ID.match(job_id) else None
-    if entry is None:
+@contextlib.contextmanager
+def _store() -> Iterator[None]:
+    """The shared store unreachable: 503 with its reason (requests to /upscale go on)."""
+    try:
+        yield
+    except StoreUnavailable as err:
+        raise Problem(503, f"the jobs store is unavailable: {err}; retry later",
+                      {"Retry-After": "5"}) from None
+
+
+def _known(job_id: str) -> None:
+    if not spool.ID.match(job_id):
         raise Problem(404, "no such job (it may have expired)")
-    return entry
 
 
 @router.post("/v1/jobs", status_code=202, openapi_extra=UPSCALE_BODY,
@@ -59,50 +73,60 @@ async def create_job(
     request: Request, choice: ChoiceDep, data: ImageBody, uploaded: UploadName,
     output: OutputOptions,
 ) -> JSONResponse:
-    jobs = _jobs(request)
     fmt, quality, strip = output
     try:
-        state = await jobs.submit(data, choice.size, fmt, quality, choice.model, choice.kind,
-                                  strip, uploaded)
+        with _store():
+            view = await _jobs(request).create(data, choice.size, fmt, quality, choice.model,
+                                               choice.kind, strip, uploaded)
     except SpoolFull as err:
         raise Problem(503, f"busy: {err}; retry later",
                       {"Retry-After": str(err.retry_after_s)}) from None
-    entry = jobs.get(state.id)
-    assert entry is not None
-    return JSONResponse(jobs.view(entry), 202, headers={"Location": f"/v1/jobs/{state.id}"})
+    return JSONResponse(view, 202, headers={"Location": f"/v1/jobs/{view['id']}"})
 
 
-@router.get("/v1/jobs/{job_id}", responses={200: _JOB, **_404})
+@router.get("/v1/jobs/{job_id}", responses={200: _JOB, **_404, **error_docs(503)})
 async def get_job(request: Request, job_id: str) -> JSONResponse:
-    return JSONResponse(_jobs(request).view(_entry(request, job_id)))
+    _known(job_id)
+    with _store():
+        view = await _jobs(request).status(job_id)
+    if view is None:
+        raise Problem(404, "no such job (it may have expired)")
+    return JSONResponse(view)
 
 
 @router.get("/v1/jobs/{job_id}/result", response_class=Response, responses={
     200: {"content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
           "description": "the upscaled image"},
-    409: {**_JOB, "description": "not done (yet): the job's status"}, **_404})
+    409: {**_JOB, "description": "not done (yet): the job's status"}, **_404,
+    **error_docs(503)})
 async def job_result(request: Request, job_id: str) -> Response:
-    jobs = _jobs(request)
-    entry = _entry(request, job_id)
-    view = jobs.view(entry)
+    _known(job_id)
+    with _store():
+        found = await _jobs(request).open_result(job_id)
+    if found is None:
+        raise Problem(404, "no such job (it may have expired)")
+    view, body = found
     if view["status"] != "done":
         retry = {} if view["status"] == "failed" else {"Retry-After": str(
             max(1, round(view["eta_s"])))}
         return JSONResponse(view, 409, headers=retry)
-    path, media_type = jobs.result(entry)
-    st = entry.state
-    target = (st.target[0], st.target[1]) if st.target else None
-    name = naming.download_name(st.filename, job_id, naming.suffix(st.scale, target),
-                                st.out_format)
-    return FileResponse(path, media_type=media_type,
-                        headers={"Content-Disposition": naming.disposition(name)})
+    target = (view["size"][0], view["size"][1]) if "size" in view else None
+    name = naming.download_name(view.get("filename"), job_id,
+                                naming.suffix(view["scale"], target), view["format"])
+    headers = {"Content-Disposition": naming.disposition(name)}
+    media_type = imaging.MEDIA_TYPES[view["format"]]
+    if isinstance(body, Path):
+        return FileResponse(body, media_type=media_type, headers=headers)
+    headers["Content-Length"] = str(body.size)
+    return StreamingResponse(body.chunks(), media_type=media_type, headers=headers)
 
 
 @router.delete("/v1/jobs/{job_id}", dependencies=[Authorized],
-               responses={200: _JOB, **error_docs(401), **_404})
+               responses={200: _JOB, **error_docs(401, 503), **_404})
 async def delete_job(request: Request, job_id: str) -> JSONResponse:
-    _entry(request, job_id)
-    view = await _jobs(request).cancel(job_id)
-    if view is None:  # removed meanwhile
+    _known(job_id)
+    with _store():
+        view = await _jobs(request).cancel(job_id)
+    if view is None:
         raise Problem(404, "no such job (it may have expired)")
     return JSONResponse(view)

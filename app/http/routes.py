@@ -66,7 +66,10 @@ _READY = {"content": {"application/json": {"schema": {
     "properties": {"status": {"type": "string"}, "reason": {"type": "string"},
                    "scales": {"type": "array", "items": {"type": "integer"}},
                    "models": {"type": "array", "items": {"type": "string"}},
-                   "failed_models": {"type": "array", "items": {"type": "string"}}}}}}}
+                   "failed_models": {"type": "array", "items": {"type": "string"}},
+                   "jobs": {"type": "object", "properties": {
+                       "store": {"type": "string"}, "available": {"type": "boolean"},
+                       "reason": {"type": "string"}}}}}}}}
 
 
 @router.get("/health/ready", responses={200: _READY, 503: {**_READY, "description": "not ready"}})
@@ -78,8 +81,11 @@ async def ready(request: Request, up: UpscalerDep) -> JSONResponse:
         return JSONResponse({"status": "not ready", "reason": "shutting down"}, 503,
                             headers={"Retry-After": "5"})
     if up.ready:
+        # A shared job store that is down is reported, not a reason to stop serving
+        # /upscale: the balancer keeps sending requests, job routes answer 503.
         return JSONResponse({"status": "ready", "scales": up.scales, "models": up.models,
-                             "failed_models": failed})
+                             "failed_models": failed,
+                             "jobs": request.app.state.jobs.health()})
     return JSONResponse({"status": "not ready", "reason": up.reason, "failed_models": failed},
                         503, headers={"Retry-After": "5"})
 

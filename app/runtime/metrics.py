@@ -85,6 +85,9 @@ class Metrics:
         self.jobs_finished = Counter("lsrcnn_jobs_finished_total",
                                      "Jobs that ended, by status (done, failed, cancelled)",
                                      ["status"], registry=r)
+        self.jobs_taken_over = Counter("lsrcnn_jobs_taken_over_total",
+                                       "Jobs this replica took over from another whose lease "
+                                       "ran out (a shared job store)", registry=r)
 
     def watch_jobs(self, count: Callable[[str], int], spool_bytes: Callable[[], int],
                    statuses: tuple[str, ...]) -> None:

@@ -1,0 +1,331 @@
+"""Jobs shared by every replica through Redis (`LSRCNN_JOBS_STORE=redis://...`): any replica
+answers any job's status, result and DELETE; a replica pulls the next job only when its
+own request work allows; a job held by a replica that dies is taken over after the lease.
+
+Delivery is at least once: a replica that stalls past its lease may still be running a job
+another has taken over; the first to finish it wins (its result is the one kept), the
+other's result is thrown away, and both are the same pixels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import secrets
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from app.background.entry import FINISHED, STATE_SLACK, STATUSES, Entry, SpoolFull
+from app.background.intake import JobIntake
+from app.background.spool import JobState
+from app.background.store import ResultStream, Store, StoreUnavailable
+from app.images.imaging import ImageError
+from app.images.pipeline import Pipeline
+from app.images.sizing import Size
+from app.runtime.metrics import Metrics
+from app.runtime.upscaler import UnknownModel
+from app.runtime.work import Busy, TooLarge
+
+log = logging.getLogger("app.background.shared")
+
+# A job delivered this many times (its replicas died each time: it may be what kills them)
+# fails instead of being taken over again.
+MAX_DELIVERIES = 3
+
+
+class SharedJobs(JobIntake):
+    store = "redis"
+
+    def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
+        super().__init__(pipeline, metrics)
+        s = pipeline.up.settings
+        self.db = Store(s.jobs_store.get_secret_value())
+        self.lease_s, self.pull_below_s = s.job_lease_s, s.job_pull_below_s
+        self.beat_s = max(0.2, min(2.0, self.lease_s / 10))
+        # Unique per process start: a replica restarted under the same name must not
+        # inherit the leases of the one that died.
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.scratch = Path(s.spool_dir)  # results are encoded here, then stored
+        self.entries: dict[str, Entry] = {}  # the job this replica runs
+        self.queue: list[str] = []
+        self.available, self.reason = False, "not connected yet"
+        self._counts: dict[str, int] = {}
+        self._used = 0
+        self._tasks: list[asyncio.Task] = []
+        metrics.watch_jobs(lambda st: self._counts.get(st, 0), lambda: self._used, STATUSES)
+        self.taken_over = metrics.jobs_taken_over
+
+    # -- life --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self._tasks = [asyncio.create_task(self._run_forever()),
+                       asyncio.create_task(self._sweep_forever())]
+
+    async def stop(self) -> None:
+        """Stop; a job running here is handed back at once for another replica."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.db.close()
+
+    def health(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"store": self.store, "available": self.available}
+        if not self.available:
+            body["reason"] = self.reason
+        return body
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            said = await coro
+        except (RedisError, OSError) as err:
+            self._down(err)
+            raise StoreUnavailable(self.reason) from None
+        self.available = True
+        return said
+
+    def _down(self, err: BaseException) -> None:
+        if self.available or self.reason == "not connected yet":
+            log.warning("the jobs store is unavailable: %s", err)
+        self.available, self.reason = False, f"{type(err).__name__}: {err}"
+
+    # -- the routes' interface -----------------------------------------------------------
+
+    async def create(self, data: bytes, size: Size, fmt: str | None, quality: int,
+                     model: str | None, kind: str, strip: bool, filename: str | None
+                     ) -> dict[str, Any]:
+        planned, bound, need = self.plan(data, size, fmt, quality, model, kind, strip)
+        state = await self.checked_state(planned, bound, data, fmt, quality, strip, filename)
+        del planned
+        ok, used = await self._call(self.db.admit(state.id, need, self.max_bytes))
+        if not ok:
+            raise SpoolFull(f"the jobs store is full: {used} of {self.max_bytes} bytes used "
+                            f"or promised, and this job needs up to {need}",
+                            max(5, math.ceil(self._counts.get("queued", 0) * 10)))
+        try:
+            await self._call(self.db.put_chunks(self.db.job(state.id) + ":in", data))
+            est_s = self._left_s(Entry(state))
+            if not await self._call(self.db.commit(state.id, state.to_json(), est_s)):
+                raise StoreUnavailable("the submission took too long to store")
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await self.db.unreserve(state.id)
+            raise
+        return self.view_of(state, 0, state.tiles_total, est_s)
+
+    async def status(self, job_id: str) -> dict[str, Any] | None:
+        fields = await self._call(self.db.read(job_id))
+        return None if fields is None else await self._view(fields)
+
+    async def open_result(self, job_id: str) -> tuple[dict[str, Any], ResultStream] | None:
+        fields = await self._call(self.db.read(job_id))
+        if fields is None:
+            return None
+        view = await self._view(fields)
+        return view, ResultStream(self.db, fields.get("result_key", ""),
+                                  int(fields.get("result_bytes", 0)))
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """DELETE from any replica: a queued job is cancelled; a running one is marked and
+        its holder stops within a beat; a finished one is removed with its result."""
+        fields = await self._call(self.db.read(job_id))
+        if fields is None:
+            return None
+        said = await self._call(self.db.cancel(job_id, STATE_SLACK, self.ttl_s))
+        if said is None:
+            return None
+        if said == "cancelled":
+            fields["status"] = "cancelled"
+        view = await self._view(fields)
+        view.pop("result_url", None)  # a finished one's went with it
+        return view
+
+    async def _view(self, fields: dict[str, str]) -> dict[str, Any]:
+        st = JobState.from_json(fields["state"].encode())
+        st.status, st.error = fields["status"], fields.get("error") or None
+        total, done = st.tiles_total, int(fields.get("tiles_done", 0))
+        if st.status == "done":
+            done = total
+        elif st.status in ("queued", "failed"):
+            done = 0
+        view = self.view_of(st, done, total, await self._eta_of(st.id, fields))
+        if st.status == "running" and fields.get("runner"):
+            view["replica"] = fields["runner"]
+        return view
+
+    def _left_of(self, fields: dict[str, str]) -> float:
+        if fields.get("status") == "running" and "eta_s" in fields:
+            since = time.time() - float(fields.get("beat_at", time.time()))
+            return max(0.0, float(fields["eta_s"]) - since)
+        return float(fields.get("est_s", 0.0))
+
+    async def _eta_of(self, job_id: str, fields: dict[str, str]) -> float:
+        """A running job's own estimate (its holder's, as of its last beat); a queued one
+        waits for the jobs ahead of it, shared among the live replicas."""
+        if fields["status"] in FINISHED:
+            return 0.0
+        own = self._left_of(fields)
+        if fields["status"] != "queued":
+            return own
+        ahead = 0.0
+        for other in await self.db.queue():
+            if other == job_id:
+                break
+            if (f := await self.db.read(other)) is not None and f["status"] not in FINISHED:
+                ahead += self._left_of(f)
+        return ahead / max(1, await self.db.live_replicas(self.lease_s)) + own
+
+    # -- running -------------------------------------------------------------------------
+
+    def _may_pull(self) -> bool:
+        """Pull a job only when this replica's request work is light: a busy replica leaves
+        the queue to its idle peers."""
+        if not self.up.ready:
+            return False
+        return sum(s.work_s for s in self.up.schedulers.values()) < self.pull_below_s
+
+    async def _run_forever(self) -> None:
+        lease_ms = int(self.lease_s * 1000)
+        while True:
+            try:
+                await self.db.ensure_group()
+                await self.db.seen(self.consumer)
+                self.available = True
+                if not self._may_pull():
+                    await asyncio.sleep(0.2)
+                    continue
+                got = await self.db.take(self.consumer, lease_ms, block_ms=1000)
+                if got is not None:
+                    await self._run_one(*got)
+            except (RedisError, OSError) as err:
+                self._down(err)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug must not stop this replica's jobs for good
+                log.exception("the jobs loop failed; going on")
+                await asyncio.sleep(1.0)
+
+    async def _run_one(self, msg: str, job_id: str, delivered: int) -> None:
+        attempt = await self.db.start(job_id, msg, self.consumer)
+        if not attempt:
+            return  # cancelled or removed while queued
+        fields = await self.db.read(job_id)
+        if fields is None:
+            return
+        st = JobState.from_json(fields["state"].encode())
+        st.status = "running"
+        if attempt > 1:
+            self.taken_over.inc()
+            log.info("job %s taken over (attempt %d)", job_id, attempt)
+        if delivered > MAX_DELIVERIES:
+            await self._end(st, msg, "failed", f"taken over {delivered - 1} times: its "
+                            "replicas stopped each time it ran")
+            return
+        entry = self.entries[job_id] = Entry(st)
+        task = asyncio.create_task(self._execute(entry, msg, attempt))
+        beat = asyncio.create_task(self._beat(entry, msg, task))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:  # stopping: hand the job back for another replica
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(RedisError, OSError):
+                await self.db.release(job_id, msg, self.consumer, int(self.lease_s * 1000))
+            raise
+        finally:
+            beat.cancel()
+            self.entries.pop(job_id, None)
+
+    async def _beat(self, entry: Entry, msg: str, task: asyncio.Task) -> None:
+        """Hold the lease, publish progress, and stop the job if it was cancelled or taken
+        over meanwhile. A store that does not answer is waited out (the lease may lapse:
+        then the job is done twice, and the first finished wins)."""
+        while not task.done():
+            await asyncio.sleep(self.beat_s)
+            done = entry.job.done if entry.job is not None else 0
+            try:
+                said = await self.db.beat(entry.state.id, msg, self.consumer, done,
+                                          round(self._left_s(entry), 2))
+            except (RedisError, OSError) as err:
+                self._down(err)
+                continue
+            if said != "running":
+                log.info("job %s stops here: %s", entry.state.id, said)
+                entry.state.error = said
+                task.cancel()
+                return
+
+    async def _execute(self, entry: Entry, msg: str, attempt: int) -> None:
+        st = entry.state
+        try:
+            chunks = await self.db.get_chunks(self.db.job(st.id) + ":in")
+            data = await asyncio.to_thread(b"".join, chunks)
+            del chunks
+            planned = self._planned(st, data)
+            del data
+            key = f"{self.db.job(st.id)}:out:{attempt}"
+            size = await self.pipeline.to_file(
+                planned, st.id, lambda write: self._store_result(entry, key, write),
+                on_admit=lambda work: setattr(entry, "job", work))
+        except asyncio.CancelledError:
+            if st.error in ("cancelled", "lost", "gone"):  # told by the beat: not a stop
+                await self._end(st, msg, "cancelled", "")
+                return
+            raise
+        except Busy:  # the scheduler is stopping: hand the job back for another replica
+            await self.db.release(st.id, msg, self.consumer, int(self.lease_s * 1000))
+        except (ImageError, TooLarge, UnknownModel) as err:
+            await self._end(st, msg, "failed", getattr(err, "message", str(err)))
+        except (RedisError, OSError):
+            raise
+        except Exception:
+            log.exception("job %s failed", st.id, extra={"fields": {"request_id": st.id}})
+            await self._end(st, msg, "failed", "inference failed")
+        else:
+            if not await self.db.finish(st.id, msg, self.consumer, "done", "", key, size,
+                                        size + STATE_SLACK, self.ttl_s):
+                await self.db.r.delete(key)  # cancelled, or another replica finished it
+                return
+            self.finished.labels("done").inc()
+        finally:
+            entry.job = None
+
+    async def _end(self, st: JobState, msg: str, status: str, error: str) -> None:
+        if await self.db.finish(st.id, msg, self.consumer, status, error, "", 0, STATE_SLACK,
+                                self.ttl_s):
+            self.finished.labels(status).inc()
+
+    async def _store_result(self, entry: Entry, key: str, write: Any) -> int:
+        """Encode the result to a scratch file (in a thread), then store it chunk by chunk."""
+        entry.writing_since = t0 = time.perf_counter()
+        fd, name = tempfile.mkstemp(dir=self.scratch, prefix="result-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                await entry.in_thread(write, f)
+            await self.db.r.delete(key)
+            size = await self.db.put_file(key, path)
+        finally:
+            path.unlink(missing_ok=True)
+            entry.writing_since = None
+        self.learn_write(entry.state, time.perf_counter() - t0)
+        return size
+
+    async def _sweep_forever(self) -> None:
+        """Jobs past their time to live, and submissions whose replica died, go; the gauges
+        are refreshed from the store."""
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self.db.sweep()
+                self._used, self._counts = await self.db.counts()
+            await asyncio.sleep(2.0)

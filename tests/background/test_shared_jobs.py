@@ -1,0 +1,242 @@
+"""The shared job store on a real redis-server, in-process: two apps are two replicas.
+Any replica answers any job; a dead replica's job is taken over after the lease; DELETE
+on one stops the job running on another; Redis down is a 503 on job routes only, and a
+Redis restart loses no acknowledged job; the cap and the time to live hold in Redis; moving
+payloads never holds the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.background.shared import SharedJobs
+from app.background.store import CHUNK, Store
+from tests.helpers import make_app, noise, png_bytes, running, set5_crop
+from tests.redis_server import RedisServer
+from tests.server import metric
+
+PNG = {"content-type": "image/png"}
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@asynccontextmanager
+async def replicas(url: str, n: int = 2, pulls: tuple[bool, ...] = (True, False),
+                   **settings: object
+                   ) -> AsyncIterator[list[tuple[httpx.AsyncClient, SharedJobs]]]:
+    """n replicas on one Redis; those not in `pulls` take no job until let (`pull`)."""
+    async with AsyncExitStack() as stack:
+        out = []
+        for i in range(n):
+            app = make_app(tile_size=16, tile_overlap=4, jobs_store=url, **settings)
+            if not pulls[i]:
+                idle(app.state.jobs)
+            client = await stack.enter_async_context(running(app))
+            out.append((client, app.state.jobs))
+        yield out
+
+
+def idle(jobs: SharedJobs) -> None:
+    """This replica pulls no job (it still answers every route)."""
+    jobs._may_pull = lambda: False  # type: ignore[method-assign]
+
+
+def pull(jobs: SharedJobs) -> None:
+    jobs._may_pull = lambda: True  # type: ignore[method-assign]
+
+
+async def until(c: httpx.AsyncClient, job_id: str, statuses: set[str],
+                timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = await c.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in statuses:
+            return r.json()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_any_replica_answers_and_delete_stops_a_job_on_another(
+        redis_server: RedisServer) -> None:
+    small = png_bytes(set5_crop("bird", (0, 0, 70, 50)))
+    slow = png_bytes(noise("RGB", 800, 800))  # 2,500 tiles of 16: runs a while
+
+    async def main() -> None:
+        async with replicas(redis_server.url) as [(a, jobs_a), (b, _)]:  # B only answers
+            r = await b.post("/v1/jobs?scale=2", files={"file": ("bird.png", small,
+                                                                  "image/png")})
+            assert r.status_code == 202, r.text
+            job = r.json()
+            assert job["status"] == "queued" and job["filename"] == "bird.png"
+            done = await until(a, job["id"], {"done"})
+            assert done["progress"] == 1 and done["tiles_done"] == done["tiles_total"]
+            got = await b.get(f"/v1/jobs/{job['id']}/result")  # stored by A, read by B
+            assert got.status_code == 200, got.text
+            assert 'filename="bird_x2.png"' in got.headers["content-disposition"]
+            want = await b.post("/upscale?scale=2", content=small, headers=PNG)
+            assert np.array_equal(pixels(got.content), pixels(want.content))
+            assert metric((await a.get("/metrics")).text, "lsrcnn_jobs_finished_total",
+                          status="done") == 1
+
+            r = await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)
+            slow_id = r.json()["id"]
+            view = await until(b, slow_id, {"running"})
+            while view["tiles_done"] == 0 and view["status"] == "running":  # A's beats
+                await asyncio.sleep(0.05)
+                view = (await b.get(f"/v1/jobs/{slow_id}")).json()
+            assert view["replica"] == jobs_a.consumer and view["eta_s"] > 0
+            cancelled = (await b.delete(f"/v1/jobs/{slow_id}")).json()
+            assert cancelled["status"] == "cancelled"
+            for _ in range(100):  # A stops within a beat
+                if not jobs_a.entries:
+                    break
+                await asyncio.sleep(0.05)
+            assert not jobs_a.entries
+            again = (await a.get(f"/v1/jobs/{slow_id}")).json()
+            assert again["status"] == "cancelled" and again["tiles_done"] < \
+                again["tiles_total"] and "result_url" not in again
+            # A finished job's DELETE removes it, from either replica.
+            assert (await a.delete(f"/v1/jobs/{job['id']}")).status_code == 200
+            assert (await b.get(f"/v1/jobs/{job['id']}")).status_code == 404
+            assert (await b.get(f"/v1/jobs/{job['id']}/result")).status_code == 404
+
+    run(main())
+
+
+def test_a_dead_replicas_job_is_taken_over_after_the_lease(redis_server: RedisServer) -> None:
+    slow = png_bytes(noise("RGB", 480, 480))
+
+    async def main() -> None:
+        async with replicas(redis_server.url, job_lease_s=1.0) as [(a, jobs_a), (b, jobs_b)]:
+            job = (await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)).json()
+            await until(b, job["id"], {"running"})
+
+            async def dead(*_: object) -> None:  # kill -9 hands nothing back
+                raise asyncio.CancelledError
+            jobs_a.db.release = dead  # type: ignore[method-assign]
+            jobs_a.db.beat = dead  # type: ignore[method-assign]
+            for task in jobs_a._tasks:
+                task.cancel()
+            t0 = time.monotonic()
+            pull(jobs_b)
+            view = await until(b, job["id"], {"running"})
+            while view.get("replica") != jobs_b.consumer:
+                await asyncio.sleep(0.05)
+                view = (await b.get(f"/v1/jobs/{job['id']}")).json()
+            assert time.monotonic() - t0 >= 0.5  # not before the lease ran out
+            done = await until(b, job["id"], {"done", "failed"})
+            assert done["status"] == "done", done
+            assert metric((await b.get("/metrics")).text, "lsrcnn_jobs_taken_over_total") == 1
+            fields = await jobs_b.db.read(job["id"])
+            assert fields is not None and fields["attempts"] == "2"
+            got = await b.get(f"/v1/jobs/{job['id']}/result")
+            want = await b.post("/upscale?scale=2", content=slow, headers=PNG)
+            assert np.array_equal(pixels(got.content), pixels(want.content))
+
+    run(main())
+
+
+def test_redis_down_is_503_on_jobs_only_and_a_restart_loses_no_job(
+        redis_server: RedisServer) -> None:
+    small = png_bytes(set5_crop("bird", (0, 0, 60, 44)))
+
+    async def main() -> None:
+        # The job waits in the queue while Redis dies.
+        async with replicas(redis_server.url, n=1, pulls=(False,)) as [(a, jobs_a)]:
+            job = (await a.post("/v1/jobs?scale=2", content=small, headers=PNG)).json()
+            redis_server.kill()  # kill -9: only the append-only file is left
+            r = await a.get(f"/v1/jobs/{job['id']}")
+            assert r.status_code == 503 and "jobs store" in r.json()["error"]
+            assert r.headers["retry-after"]
+            r = await a.post("/v1/jobs?scale=2", content=small, headers=PNG)
+            assert r.status_code == 503
+            assert (await a.post("/upscale?scale=2", content=small,
+                                 headers=PNG)).status_code == 200
+            ready = await a.get("/health/ready")
+            assert ready.status_code == 200 and ready.json()["jobs"]["available"] is False
+            redis_server.start()
+            pull(jobs_a)
+            done = await until(a, job["id"], {"done"})
+            assert done["status"] == "done"
+            assert (await a.get("/health/ready")).json()["jobs"] == {
+                "store": "redis", "available": True}
+
+    run(main())
+
+
+def test_the_cap_and_the_time_to_live_are_kept_in_redis(redis_server: RedisServer) -> None:
+    small = png_bytes(set5_crop("bird", (0, 0, 60, 44)))
+
+    async def main() -> None:
+        async with replicas(redis_server.url, n=1, pulls=(False,), spool_max_bytes=200_000,
+                            job_ttl_s=1.0) as [(a, jobs_a)]:
+            first = await a.post("/v1/jobs?scale=2", content=small, headers=PNG)
+            assert first.status_code == 202
+            big = png_bytes(noise("RGB", 200, 200))  # its result bound is over the cap
+            r = await a.post("/v1/jobs?scale=2", content=big, headers=PNG)
+            assert r.status_code == 503 and "full" in r.json()["error"]
+            pull(jobs_a)
+            await until(a, first.json()["id"], {"done"})
+            deadline = time.monotonic() + 20
+            while (await a.get(f"/v1/jobs/{first.json()['id']}")).status_code != 404:
+                assert time.monotonic() < deadline, "the finished job never expired"
+                await asyncio.sleep(0.2)
+            assert await jobs_a.db.r.hlen(jobs_a.db.bytes_key) == 0  # the cap is free again
+            assert await jobs_a.db.r.keys("lsrcnn:job:*") == []
+
+    run(main())
+
+
+def test_payloads_move_without_holding_the_event_loop(redis_server: RedisServer) -> None:
+    """A job input at the body limit (32 MiB) stored and read back: the event loop never
+    waits more than 50 ms (health answers meanwhile)."""
+    data = np.random.default_rng(0).integers(0, 256, 32 * CHUNK, dtype=np.uint8).tobytes()
+
+    async def main() -> None:
+        store = Store(redis_server.url)
+        worst, stop = 0.0, asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal worst
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                t0 = loop.time()
+                await asyncio.sleep(0.001)
+                worst = max(worst, loop.time() - t0 - 0.001)
+
+        watcher = asyncio.create_task(probe())
+        await store.put_chunks("lsrcnn:test:in", data)
+        back = await store.get_chunks("lsrcnn:test:in")
+        stop.set()
+        await watcher
+        await store.r.delete("lsrcnn:test:in")
+        await store.close()
+        assert b"".join(back) == data
+        assert worst < 0.05, f"the event loop waited {worst * 1000:.0f} ms"
+
+    run(main())
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/" + "0" * 32, "/v1/jobs/nope"])
+def test_unknown_jobs_are_404(redis_server: RedisServer, path: str) -> None:
+    async def main() -> None:
+        async with replicas(redis_server.url, n=1) as [(a, _)]:
+            assert (await a.get(path)).status_code == 404
+            assert (await a.delete(path)).status_code == 404
+
+    run(main())
