@@ -23,6 +23,7 @@ class RedisServer:
             if os.environ.get("LSRCNN_REQUIRE_REDIS") == "1":
                 pytest.fail("redis-server is not installed (apt-get install redis-server)")
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        folder.mkdir(parents=True, exist_ok=True)
         self.binary, self.folder, self.port = binary, folder, free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
@@ -41,7 +42,7 @@ class RedisServer:
                 if client.ping():
                     return
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.05)
 

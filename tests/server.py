@@ -26,10 +26,11 @@ def free_port() -> int:
 
 
 def start_server(module: str, env: dict[str, str], timeout_s: float = 120.0,
-                 output: int = subprocess.DEVNULL, cwd: Path = ROOT
+                 output: int = subprocess.DEVNULL, cwd: Path = ROOT, port: int | None = None
                  ) -> tuple[subprocess.Popen, str]:
-    """Start `python -m module` (from `cwd`) on a free loopback port; return once ready."""
-    port = free_port()
+    """Start `python -m module` (from `cwd`) on `port` (default: a free loopback one);
+    return once ready."""
+    port = port or free_port()
     # ONNX Runtime unless a test names the engine: tests hold pixels to ONNX Runtime's own.
     full_env = {**os.environ, "LSRCNN_ENGINE": "onnxruntime", **env,
                 "LSRCNN_HOST": "127.0.0.1", "LSRCNN_PORT": str(port)}

@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from app.background.store import GROUP, Store
 from app.http import routes
 from app.runtime.metrics import Metrics
 from app.settings import Settings
@@ -23,8 +25,10 @@ OVERLAY_NAMES = [p.name for p in overlays()]
 QUEUE_METRIC = "lsrcnn_queue_work_seconds"
 
 
-def rendered(name: str) -> dict[str, dict]:
-    return {d["kind"]: d for d in render(KUBERNETES / "overlays" / name)}
+def rendered(name: str, app: str = "lsrcnn") -> dict[str, dict]:
+    """An overlay's documents of one app (the service's, or lsrcnn-redis), by kind."""
+    return {d["kind"]: d for d in render(KUBERNETES / "overlays" / name)
+            if d["metadata"]["name"] == app}
 
 
 def container(docs: dict[str, dict]) -> dict:
@@ -33,11 +37,17 @@ def container(docs: dict[str, dict]) -> dict:
 
 
 def env_of(c: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in c["env"]}
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+def secret_env(c: dict) -> dict[str, str]:
+    """Variables from Secrets: name -> secret/key."""
+    return {e["name"]: "{name}/{key}".format(**e["valueFrom"]["secretKeyRef"])
+            for e in c["env"] if "valueFrom" in e}
 
 
 def test_overlays_present() -> None:
-    assert set(OVERLAY_NAMES) == {"cpu", "gpu", "keda"}
+    assert set(OVERLAY_NAMES) == {"cpu", "gpu", "keda", "shared-jobs"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -60,8 +70,10 @@ def test_probes_and_settings_match_the_app(name: str, monkeypatch: pytest.Monkey
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     c = container(docs)
     env = env_of(c)
-    # Every variable is a real setting, and together they make valid Settings.
+    # Every variable is a real setting, and together they make valid Settings; the only
+    # other is the Redis password, from its Secret, for LSRCNN_JOBS_STORE to expand.
     assert all(k.startswith("LSRCNN_") and k[7:].lower() in Settings.model_fields for k in env)
+    assert secret_env(c) in ({}, {"REDIS_PASSWORD": "lsrcnn-redis/password"})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
@@ -144,7 +156,8 @@ def test_autoscalers_use_the_adapter_metric() -> None:
     assert rule["metricsQuery"].startswith("sum by (<<.GroupBy>>)")
     keda = rendered("keda")
     assert "HorizontalPodAutoscaler" not in keda
-    (trigger,) = keda["ScaledObject"]["spec"]["triggers"]
+    (trigger,) = [t for t in keda["ScaledObject"]["spec"]["triggers"]
+                  if t["type"] == "prometheus"]
     assert QUEUE_METRIC in trigger["metadata"]["query"]
     assert float(trigger["metadata"]["threshold"]) == float(
         metric["pods"]["target"]["averageValue"])
@@ -199,3 +212,44 @@ def test_renderer_agrees_with_kubectl(name: str) -> None:
     theirs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out)}
     ours = {(d["kind"], d["metadata"]["name"]): d for d in render(folder)}
     assert ours == theirs
+
+
+@pytest.mark.parametrize("name", ["shared-jobs", "keda"])
+def test_shared_jobs_live_in_a_persistent_redis(name: str) -> None:
+    docs, redis = rendered(name), rendered(name, "lsrcnn-redis")
+    c = container(docs)
+    store = urlsplit(env_of(c)["LSRCNN_JOBS_STORE"])
+    assert store.scheme == "redis" and store.password == "$(REDIS_PASSWORD)"
+    assert secret_env(c) == {"REDIS_PASSWORD": "lsrcnn-redis/password"}
+    service, sts = redis["Service"], redis["StatefulSet"]
+    assert store.hostname == service["metadata"]["name"]
+    assert store.port == service["spec"]["ports"][0]["port"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    (server,) = sts["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(server["args"][::2], server["args"][1::2], strict=True))
+    # Acknowledged means on disk: every write fsynced; nothing evicted; the data on a volume.
+    assert args["--appendonly"] == "yes" and args["--appendfsync"] == "always"
+    assert args["--maxmemory-policy"] == "noeviction" and args["--dir"] == "/data"
+    assert args["--requirepass"] == "$(REDIS_PASSWORD)"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in \
+        server["volumeMounts"]
+    ingress = redis["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+    app_labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert any(f.get("podSelector", {}).get("matchLabels", {}).items() <= app_labels.items()
+               for f in ingress if "podSelector" in f)
+
+
+def test_keda_scales_on_the_job_backlog_too() -> None:
+    keda = rendered("keda")
+    (trigger,) = [t for t in keda["ScaledObject"]["spec"]["triggers"]
+                  if t["type"] == "redis-streams"]
+    meta = trigger["metadata"]
+    # The stream and group the service uses (app/background/store.py).
+    store = Store("redis://unused")
+    assert meta["stream"] == store.stream and meta["consumerGroup"] == GROUP
+    assert meta["address"].split(".")[0] == "lsrcnn-redis"
+    assert meta["passwordFromEnv"] in secret_env(container(keda))
+    assert int(meta["streamLength"]) >= 1
