@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -39,6 +40,8 @@ log = logging.getLogger("app.background.shared")
 # A job delivered this many times (its replicas died each time: it may be what kills them)
 # fails instead of being taken over again.
 MAX_DELIVERIES = 3
+# Consumers (one per process start) idle this long with nothing pending are removed.
+FORGET_AFTER_S = 24 * 3600
 
 
 class SharedJobs(JobIntake):
@@ -177,13 +180,11 @@ class SharedJobs(JobIntake):
         own = self._left_of(fields)
         if fields["status"] != "queued":
             return own
-        ahead = 0.0
-        for other in await self.db.queue():
-            if other == job_id:
-                break
-            if (f := await self.db.read(other)) is not None and f["status"] not in FINISHED:
-                ahead += self._left_of(f)
-        return ahead / max(1, await self.db.live_replicas(self.lease_s)) + own
+        queue = await self.db.queue()
+        ahead = queue[:queue.index(job_id)] if job_id in queue else []
+        ahead_s = sum(self._left_of(f) for f in await self.db.progress_of(ahead)
+                      if f.get("status") not in (None, *FINISHED))
+        return ahead_s / max(1, await self.db.live_replicas(self.lease_s)) + own
 
     # -- running -------------------------------------------------------------------------
 
@@ -324,8 +325,10 @@ class SharedJobs(JobIntake):
     async def _sweep_forever(self) -> None:
         """Jobs past their time to live, and submissions whose replica died, go; the gauges
         are refreshed from the store."""
-        while True:
+        for beat in itertools.count():
             with contextlib.suppress(RedisError, OSError):
                 await self.db.sweep()
                 self._used, self._counts = await self.db.counts()
+                if beat % 300 == 0:  # every 10 minutes
+                    await self.db.forget_idle(FORGET_AFTER_S)
             await asyncio.sleep(2.0)

@@ -295,6 +295,24 @@ class Store:
         entries = await self.r.xrange(self.stream, "-", "+")
         return [fields[b"id"].decode() for _, fields in entries]
 
+    async def progress_of(self, ids: list[str]) -> list[dict[str, str]]:
+        """What estimates need of many jobs, in one round trip."""
+        fields = ("status", "eta_s", "beat_at", "est_s")
+        async with self.r.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self.job(job_id), fields)
+            rows = await pipe.execute()
+        return [{k: v.decode() for k, v in zip(fields, row, strict=True) if v is not None}
+                for row in rows]
+
+    async def forget_idle(self, idle_s: float) -> None:
+        """Consumers of replicas long gone, holding nothing, leave the group (each process
+        start is a new consumer)."""
+        for c in await self.r.xinfo_consumers(self.stream, GROUP):
+            if c["pending"] == 0 and c["idle"] > idle_s * 1000:
+                await self.r.xgroup_delconsumer(self.stream, GROUP, c["name"])
+        await self.r.zremrangebyscore(self.p + "replicas", "-inf", time.time() - idle_s)
+
     async def counts(self) -> tuple[int, dict[str, int]]:
         used, flat = await self._counts(keys=[self.bytes_key, self.stream, self.expires],
                                         args=[self.p])

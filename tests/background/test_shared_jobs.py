@@ -144,6 +144,12 @@ def test_a_dead_replicas_job_is_taken_over_after_the_lease(redis_server: RedisSe
             assert metric((await b.get("/metrics")).text, "lsrcnn_jobs_taken_over_total") == 1
             fields = await jobs_b.db.read(job["id"])
             assert fields is not None and fields["attempts"] == "2"
+            # The dead replica's consumer, holding nothing now, leaves the group.
+            await asyncio.sleep(0.6)
+            await jobs_b.db.forget_idle(0.5)
+            names = {c["name"].decode() for c in
+                     await jobs_b.db.r.xinfo_consumers(jobs_b.db.stream, "replicas")}
+            assert jobs_a.consumer not in names
             got = await b.get(f"/v1/jobs/{job['id']}/result")
             want = await b.post("/upscale?scale=2", content=slow, headers=PNG)
             assert np.array_equal(pixels(got.content), pixels(want.content))
