@@ -37,8 +37,8 @@ from app.runtime.work import Busy, TooLarge
 
 log = logging.getLogger("app.background.shared")
 
-# A job delivered this many times (its replicas died each time: it may be what kills them)
-# fails instead of being taken over again.
+# A job started this many times (its replicas died each time: it may be what kills them)
+# fails instead of being taken over again. Handed back at a graceful stop does not count.
 MAX_DELIVERIES = 3
 # Consumers (one per process start) idle this long with nothing pending are removed.
 FORGET_AFTER_S = 24 * 3600
@@ -61,7 +61,7 @@ class SharedJobs(JobIntake):
         self.queue: list[str] = []
         self.available, self.reason = False, "not connected yet"
         self._counts: dict[str, int] = {}
-        self._used = 0
+        self._used, self._live = 0, 1
         self._tasks: list[asyncio.Task] = []
         metrics.watch_jobs(lambda st: self._counts.get(st, 0), lambda: self._used, STATUSES)
         self.taken_over = metrics.jobs_taken_over
@@ -108,13 +108,13 @@ class SharedJobs(JobIntake):
                      model: str | None, kind: str, strip: bool, filename: str | None
                      ) -> dict[str, Any]:
         planned, bound, need = self.plan(data, size, fmt, quality, model, kind, strip)
+        if self._used + need > self.max_bytes:  # as of the last sweep: no decode to refuse
+            raise self._full(self._used, need)
         state = await self.checked_state(planned, bound, data, fmt, quality, strip, filename)
         del planned
         ok, used = await self._call(self.db.admit(state.id, need, self.max_bytes))
         if not ok:
-            raise SpoolFull(f"the jobs store is full: {used} of {self.max_bytes} bytes used "
-                            f"or promised, and this job needs up to {need}",
-                            max(5, math.ceil(self._counts.get("queued", 0) * 10)))
+            raise self._full(used, need)
         try:
             await self._call(self.db.put_chunks(self.db.job(state.id) + ":in", data))
             est_s = self._left_s(Entry(state))
@@ -125,6 +125,12 @@ class SharedJobs(JobIntake):
                 await self.db.unreserve(state.id)
             raise
         return self.view_of(state, 0, state.tiles_total, est_s)
+
+    def _full(self, used: int, need: int) -> SpoolFull:
+        # Room comes back as jobs finish and expire: a guess of a few jobs' time.
+        retry = max(5, math.ceil(self._counts.get("queued", 0) * 10 / max(1, self._live)))
+        return SpoolFull(f"the jobs store is full: {used} of {self.max_bytes} bytes used or "
+                         f"promised, and this job needs up to {need}", min(retry, 600))
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
         fields = await self._call(self.db.read(job_id))
@@ -196,11 +202,15 @@ class SharedJobs(JobIntake):
         return sum(s.work_s for s in self.up.schedulers.values()) < self.pull_below_s
 
     async def _run_forever(self) -> None:
-        lease_ms = int(self.lease_s * 1000)
+        lease_ms, grouped, seen_at = int(self.lease_s * 1000), False, 0.0
         while True:
             try:
-                await self.db.ensure_group()
-                await self.db.seen(self.consumer)
+                if not grouped:  # at start, and after any error (a Redis that lost it)
+                    await self.db.ensure_group()
+                    grouped = True
+                if time.monotonic() - seen_at > 1.0:
+                    await self.db.seen(self.consumer)
+                    seen_at = time.monotonic()
                 self.available = True
                 if not self._may_pull():
                     await asyncio.sleep(0.2)
@@ -210,12 +220,13 @@ class SharedJobs(JobIntake):
                     await self._run_one(*got)
             except (RedisError, OSError) as err:
                 self._down(err)
+                grouped = False
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not stop this replica's jobs for good
                 log.exception("the jobs loop failed; going on")
                 await asyncio.sleep(1.0)
 
-    async def _run_one(self, msg: str, job_id: str, delivered: int) -> None:
+    async def _run_one(self, msg: str, job_id: str) -> None:
         attempt = await self.db.start(job_id, msg, self.consumer)
         if not attempt:
             return  # cancelled or removed while queued
@@ -227,8 +238,8 @@ class SharedJobs(JobIntake):
         if attempt > 1:
             self.taken_over.inc()
             log.info("job %s taken over (attempt %d)", job_id, attempt)
-        if delivered > MAX_DELIVERIES:
-            await self._end(st, msg, "failed", f"taken over {delivered - 1} times: its "
+        if attempt > MAX_DELIVERIES:
+            await self._end(st, msg, "failed", f"taken over {attempt - 1} times: its "
                             "replicas stopped each time it ran")
             return
         entry = self.entries[job_id] = Entry(st)
@@ -329,6 +340,7 @@ class SharedJobs(JobIntake):
             with contextlib.suppress(RedisError, OSError):
                 await self.db.sweep()
                 self._used, self._counts = await self.db.counts()
+                self._live = await self.db.live_replicas(self.lease_s)
                 if beat % 300 == 0:  # every 10 minutes
                     await self.db.forget_idle(FORGET_AFTER_S)
             await asyncio.sleep(2.0)

@@ -120,12 +120,13 @@ redis.call('ZADD', KEYS[4], ARGV[10], ARGV[4])
 return 1
 """
 # KEYS: job, stream. ARGV: group, msg, consumer, lease ms. A holder stopping hands its job
-# back at once: queued again, its entry idle past the lease.
+# back at once: queued again, its entry idle past the lease, the attempt not counted.
 _RELEASE = _MINE + """
 if not mine(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[4], 'JUSTID')
 if redis.call('HGET', KEYS[1], 'status') == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
+  redis.call('HINCRBY', KEYS[1], 'attempts', -1)  -- a handover, not a failure
 end
 return 1
 """
@@ -327,9 +328,9 @@ class Store:
     # -- running -------------------------------------------------------------------------
 
     async def take(self, consumer: str, lease_ms: int, block_ms: int
-                   ) -> tuple[str, str, int] | None:
+                   ) -> tuple[str, str] | None:
         """The next job for this replica: one whose holder's lease ran out first, else a new
-        one (waiting up to block_ms); (stream id, job id, times delivered)."""
+        one (waiting up to block_ms); (stream id, job id)."""
         _, claimed, _ = await self.r.xautoclaim(self.stream, GROUP, consumer, lease_ms,
                                                 "0-0", count=1)
         if not claimed:
@@ -339,9 +340,7 @@ class Store:
                 return None
             claimed = got[0][1]
         msg, fields = claimed[0]
-        pending = await self.r.xpending_range(self.stream, GROUP, msg, msg, 1)
-        times = pending[0]["times_delivered"] if pending else 1
-        return msg.decode(), fields[b"id"].decode(), int(times)
+        return msg.decode(), fields[b"id"].decode()
 
     async def start(self, job_id: str, msg: str, consumer: str) -> int:
         return int(await self._start(keys=[self.job(job_id), self.stream],

@@ -246,3 +246,21 @@ def test_unknown_jobs_are_404(redis_server: RedisServer, path: str) -> None:
             assert (await a.delete(path)).status_code == 404
 
     run(main())
+
+
+def test_a_job_that_kills_its_replicas_fails_instead_of_a_fourth_takeover(
+        redis_server: RedisServer) -> None:
+    small = png_bytes(set5_crop("bird", (0, 0, 60, 44)))
+
+    async def main() -> None:
+        async with replicas(redis_server.url, n=1, pulls=(False,)) as [(a, jobs_a)]:
+            job = (await a.post("/v1/jobs?scale=2", content=small, headers=PNG)).json()
+            # As if three replicas had died running it (a graceful hand-back does not count).
+            await jobs_a.db.r.hset(jobs_a.db.job(job["id"]), "attempts", 3)
+            pull(jobs_a)
+            view = await until(a, job["id"], {"done", "failed"})
+            assert view["status"] == "failed" and "taken over 3 times" in view["error"]
+            assert metric((await a.get("/metrics")).text, "lsrcnn_jobs_finished_total",
+                          status="failed") == 1
+
+    run(main())
