@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 
 from app.background.store import CHUNK, Store
-from tests.helpers import noise, png_bytes, set5_crop
+from tests.helpers import longest_loop_wait, noise, png_bytes, set5_crop
 from tests.redis_server import RedisServer
 from tests.server import start_server
 
@@ -40,21 +40,9 @@ async def loop_stall(url: str, rounds: int = 3) -> float:
     data = np.random.default_rng(0).integers(0, 256, 32 * CHUNK, dtype=np.uint8).tobytes()
     store, worst = Store(url), 0.0
     for _ in range(rounds):
-        stop = asyncio.Event()
-
-        async def probe(stop: asyncio.Event) -> None:
-            nonlocal worst
-            loop = asyncio.get_running_loop()
-            while not stop.is_set():
-                t0 = loop.time()
-                await asyncio.sleep(0.001)
-                worst = max(worst, loop.time() - t0 - 0.001)
-
-        watcher = asyncio.create_task(probe(stop))
-        await store.put_chunks("lsrcnn:bench:in", data)
-        await store.get_chunks("lsrcnn:bench:in")
-        stop.set()
-        await watcher
+        _, wait_s = await longest_loop_wait(store.put_chunks("lsrcnn:bench:in", data))
+        _, back_s = await longest_loop_wait(store.get_chunks("lsrcnn:bench:in"))
+        worst = max(worst, wait_s, back_s)
     await store.r.delete("lsrcnn:bench:in")
     await store.close()
     return worst

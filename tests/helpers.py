@@ -7,8 +7,10 @@ import contextlib
 import io
 import shutil
 import tempfile
+import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -20,6 +22,8 @@ from app.main import create_app
 from app.runtime.engine import Engine
 from app.settings import Settings
 from tests.conftest import SET5, WEIGHTS
+
+T = TypeVar("T")
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -110,3 +114,38 @@ def direct(name: str, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(WEIGHTS / f"{name}.onnx"),
                                    providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x})[0]
+
+
+async def until_status(c: httpx.AsyncClient, job_id: str, statuses: set[str],
+                       timeout_s: float = 60.0) -> dict:
+    """A job's view once its status is one of `statuses`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = await c.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in statuses:
+            return r.json()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never reached {statuses}")
+
+
+async def longest_loop_wait(work: Awaitable[T]) -> tuple[T, float]:
+    """`work`'s result, and the longest the event loop made a 1 ms sleep wait past its
+    time meanwhile (what a health check would have waited)."""
+    worst, stop = 0.0, asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal worst
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            t0 = loop.time()
+            await asyncio.sleep(0.001)
+            worst = max(worst, loop.time() - t0 - 0.001)
+
+    watcher = asyncio.create_task(probe())
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await watcher
+    return result, worst

@@ -9,12 +9,11 @@ import re
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from app.background.spool import INPUT, RESULT, STATE, JobState, Spool, new_id
-from tests.helpers import make_app, noise, png_bytes, running, set5_crop
+from tests.helpers import make_app, noise, png_bytes, running, set5_crop, until_status
 from tests.server import metric
 
 PNG = {"content-type": "image/png"}
@@ -22,18 +21,6 @@ PNG = {"content-type": "image/png"}
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
-
-
-async def _until(c: httpx.AsyncClient, job_id: str, statuses: set[str],
-                 timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = await c.get(f"/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        if r.json()["status"] in statuses:
-            return r.json()
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {statuses}")
 
 
 def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
@@ -60,7 +47,7 @@ def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
             assert r.status_code == 409 and r.json()["status"] == "queued"
             assert "retry-after" in r.headers
 
-            view = await _until(c, first["id"], {"running"})
+            view = await until_status(c, first["id"], {"running"})
             while view["tiles_done"] == 0:
                 await asyncio.sleep(0.01)
                 view = (await c.get(f"/v1/jobs/{first['id']}")).json()
@@ -81,7 +68,7 @@ def test_job_lifecycle_progress_409_and_cancel(tmp_path: Path) -> None:
             assert not (tmp_path / first["id"]).exists()
             assert (await c.get(f"/v1/jobs/{first['id']}")).status_code == 404
 
-            done = await _until(c, second, {"done", "failed"})
+            done = await until_status(c, second, {"done", "failed"})
             assert done["status"] == "done" and done["progress"] == 1
             assert done["eta_s"] == 0 and done["result_url"] == f"/v1/jobs/{second}/result"
             r = await c.get(done["result_url"])
@@ -106,7 +93,7 @@ def test_a_job_gives_the_same_pixels_as_upscale(tmp_path: Path) -> None:
         async with running(make_app(spool_dir=tmp_path)) as c:
             for query in ("scale=3", "scale=2&format=webp&quality=70"):
                 r = await c.post(f"/v1/jobs?{query}", content=data, headers=PNG)
-                done = await _until(c, r.json()["id"], {"done", "failed"})
+                done = await until_status(c, r.json()["id"], {"done", "failed"})
                 job = await c.get(done["result_url"])
                 sync = await c.post(f"/upscale?{query}", content=data, headers=PNG)
                 assert job.headers["content-type"] == sync.headers["content-type"]
@@ -160,7 +147,7 @@ def test_a_restart_finds_spooled_jobs_and_finished_ones_expire(tmp_path: Path) -
     async def main() -> None:
         async with running(make_app(spool_dir=tmp_path, job_ttl_s=2.0)) as c:
             for job_id in ids:
-                view = await _until(c, job_id, {"done", "failed"})
+                view = await until_status(c, job_id, {"done", "failed"})
                 assert view["status"] == "done"
                 r = await c.get(view["result_url"])
                 assert Image.open(io.BytesIO(r.content)).size == (80, 60)

@@ -19,7 +19,15 @@ from PIL import Image
 
 from app.background.shared import SharedJobs
 from app.background.store import CHUNK, Store
-from tests.helpers import make_app, noise, png_bytes, running, set5_crop
+from tests.helpers import (
+    longest_loop_wait,
+    make_app,
+    noise,
+    png_bytes,
+    running,
+    set5_crop,
+    until_status,
+)
 from tests.redis_server import RedisServer
 from tests.server import metric
 
@@ -55,18 +63,6 @@ def pull(jobs: SharedJobs) -> None:
     jobs._may_pull = lambda: True  # type: ignore[method-assign]
 
 
-async def until(c: httpx.AsyncClient, job_id: str, statuses: set[str],
-                timeout_s: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        r = await c.get(f"/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        if r.json()["status"] in statuses:
-            return r.json()
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {statuses}")
-
-
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
@@ -83,7 +79,7 @@ def test_any_replica_answers_and_delete_stops_a_job_on_another(
             assert r.status_code == 202, r.text
             job = r.json()
             assert job["status"] == "queued" and job["filename"] == "bird.png"
-            done = await until(a, job["id"], {"done"})
+            done = await until_status(a, job["id"], {"done"})
             assert done["progress"] == 1 and done["tiles_done"] == done["tiles_total"]
             got = await b.get(f"/v1/jobs/{job['id']}/result")  # stored by A, read by B
             assert got.status_code == 200, got.text
@@ -95,7 +91,7 @@ def test_any_replica_answers_and_delete_stops_a_job_on_another(
 
             r = await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)
             slow_id = r.json()["id"]
-            view = await until(b, slow_id, {"running"})
+            view = await until_status(b, slow_id, {"running"})
             while view["tiles_done"] == 0 and view["status"] == "running":  # A's beats
                 await asyncio.sleep(0.05)
                 view = (await b.get(f"/v1/jobs/{slow_id}")).json()
@@ -124,7 +120,7 @@ def test_a_dead_replicas_job_is_taken_over_after_the_lease(redis_server: RedisSe
     async def main() -> None:
         async with replicas(redis_server.url, job_lease_s=1.0) as [(a, jobs_a), (b, jobs_b)]:
             job = (await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)).json()
-            await until(b, job["id"], {"running"})
+            await until_status(b, job["id"], {"running"})
 
             async def dead(*_: object) -> None:  # kill -9 hands nothing back
                 raise asyncio.CancelledError
@@ -134,12 +130,12 @@ def test_a_dead_replicas_job_is_taken_over_after_the_lease(redis_server: RedisSe
                 task.cancel()
             t0 = time.monotonic()
             pull(jobs_b)
-            view = await until(b, job["id"], {"running"})
+            view = await until_status(b, job["id"], {"running"})
             while view.get("replica") != jobs_b.consumer:
                 await asyncio.sleep(0.05)
                 view = (await b.get(f"/v1/jobs/{job['id']}")).json()
             assert time.monotonic() - t0 >= 0.5  # not before the lease ran out
-            done = await until(b, job["id"], {"done", "failed"})
+            done = await until_status(b, job["id"], {"done", "failed"})
             assert done["status"] == "done", done
             assert metric((await b.get("/metrics")).text, "lsrcnn_jobs_taken_over_total") == 1
             fields = await jobs_b.db.read(job["id"])
@@ -177,7 +173,7 @@ def test_redis_down_is_503_on_jobs_only_and_a_restart_loses_no_job(
             assert ready.status_code == 200 and ready.json()["jobs"]["available"] is False
             redis_server.start()
             pull(jobs_a)
-            done = await until(a, job["id"], {"done"})
+            done = await until_status(a, job["id"], {"done"})
             assert done["status"] == "done"
             assert (await a.get("/health/ready")).json()["jobs"] == {
                 "store": "redis", "available": True}
@@ -197,7 +193,7 @@ def test_the_cap_and_the_time_to_live_are_kept_in_redis(redis_server: RedisServe
             r = await a.post("/v1/jobs?scale=2", content=big, headers=PNG)
             assert r.status_code == 503 and "full" in r.json()["error"]
             pull(jobs_a)
-            await until(a, first.json()["id"], {"done"})
+            await until_status(a, first.json()["id"], {"done"})
             deadline = time.monotonic() + 20
             while (await a.get(f"/v1/jobs/{first.json()['id']}")).status_code != 404:
                 assert time.monotonic() < deadline, "the finished job never expired"
@@ -215,21 +211,12 @@ def test_payloads_move_without_holding_the_event_loop(redis_server: RedisServer)
 
     async def main() -> None:
         store = Store(redis_server.url)
-        worst, stop = 0.0, asyncio.Event()
 
-        async def probe() -> None:
-            nonlocal worst
-            loop = asyncio.get_running_loop()
-            while not stop.is_set():
-                t0 = loop.time()
-                await asyncio.sleep(0.001)
-                worst = max(worst, loop.time() - t0 - 0.001)
+        async def there_and_back() -> list[bytes]:
+            await store.put_chunks("lsrcnn:test:in", data)
+            return await store.get_chunks("lsrcnn:test:in")
 
-        watcher = asyncio.create_task(probe())
-        await store.put_chunks("lsrcnn:test:in", data)
-        back = await store.get_chunks("lsrcnn:test:in")
-        stop.set()
-        await watcher
+        back, worst = await longest_loop_wait(there_and_back())
         await store.r.delete("lsrcnn:test:in")
         await store.close()
         assert b"".join(back) == data
@@ -258,7 +245,7 @@ def test_a_job_that_kills_its_replicas_fails_instead_of_a_fourth_takeover(
             # As if three replicas had died running it (a graceful hand-back does not count).
             await jobs_a.db.r.hset(jobs_a.db.job(job["id"]), "attempts", 3)
             pull(jobs_a)
-            view = await until(a, job["id"], {"done", "failed"})
+            view = await until_status(a, job["id"], {"done", "failed"})
             assert view["status"] == "failed" and "taken over 3 times" in view["error"]
             assert metric((await a.get("/metrics")).text, "lsrcnn_jobs_finished_total",
                           status="failed") == 1
