@@ -58,6 +58,7 @@ class SharedJobs(JobIntake):
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.scratch = Path(s.spool_dir)  # results are encoded here, then stored
         self.entries: dict[str, Entry] = {}  # the job this replica runs
+        self._finishing: set[str] = set()  # jobs whose result is being recorded
         self.queue: list[str] = []
         self.available, self.reason = False, "not connected yet"
         self._counts: dict[str, int] = {}
@@ -134,13 +135,13 @@ class SharedJobs(JobIntake):
 
     async def status(self, job_id: str) -> dict[str, Any] | None:
         fields = await self._call(self.db.read(job_id))
-        return None if fields is None else await self._view(fields)
+        return None if fields is None else await self._call(self._view(fields))
 
     async def open_result(self, job_id: str) -> tuple[dict[str, Any], ResultStream] | None:
         fields = await self._call(self.db.read(job_id))
         if fields is None:
             return None
-        view = await self._view(fields)
+        view = await self._call(self._view(fields))
         return view, ResultStream(self.db, fields.get("result_key", ""),
                                   int(fields.get("result_bytes", 0)))
 
@@ -153,9 +154,10 @@ class SharedJobs(JobIntake):
         said = await self._call(self.db.cancel(job_id, STATE_SLACK, self.ttl_s))
         if said is None:
             return None
-        if said == "cancelled":
-            fields["status"] = "cancelled"
-        view = await self._view(fields)
+        cancelled, fields["status"] = said  # as the script found it, not as read before
+        if cancelled:
+            self.finished.labels("cancelled").inc()
+        view = await self._call(self._view(fields))
         view.pop("result_url", None)  # a finished one's went with it
         return view
 
@@ -247,7 +249,11 @@ class SharedJobs(JobIntake):
         beat = asyncio.create_task(self._beat(entry, msg, task))
         try:
             await asyncio.shield(task)
-        except asyncio.CancelledError:  # stopping: hand the job back for another replica
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is None or not current.cancelling():
+                return  # the job's own task ended cancelled (its beat stopped it): go on
+            # This replica is stopping: hand the job back for another replica.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -268,10 +274,11 @@ class SharedJobs(JobIntake):
             try:
                 said = await self.db.beat(entry.state.id, msg, self.consumer, done,
                                           round(self._left_s(entry), 2))
+                await self.db.seen(self.consumer)  # busy is alive: queued etas count it
             except (RedisError, OSError) as err:
                 self._down(err)
                 continue
-            if said != "running":
+            if said != "running" and entry.state.id not in self._finishing:
                 log.info("job %s stops here: %s", entry.state.id, said)
                 entry.state.error = said
                 task.cancel()
@@ -279,18 +286,19 @@ class SharedJobs(JobIntake):
 
     async def _execute(self, entry: Entry, msg: str, attempt: int) -> None:
         st = entry.state
+        key = f"{self.db.job(st.id)}:out:{attempt}"
         try:
             chunks = await self.db.get_chunks(self.db.job(st.id) + ":in")
             data = await asyncio.to_thread(b"".join, chunks)
             del chunks
             planned = self._planned(st, data)
             del data
-            key = f"{self.db.job(st.id)}:out:{attempt}"
             size = await self.pipeline.to_file(
                 planned, st.id, lambda write: self._store_result(entry, key, write),
                 on_admit=lambda work: setattr(entry, "job", work))
         except asyncio.CancelledError:
             if st.error in ("cancelled", "lost", "gone"):  # told by the beat: not a stop
+                await self.db.r.delete(key)  # a result stored in part, or whole
                 await self._end(st, msg, "cancelled", "")
                 return
             raise
@@ -298,12 +306,15 @@ class SharedJobs(JobIntake):
             await self.db.release(st.id, msg, self.consumer, int(self.lease_s * 1000))
         except (ImageError, TooLarge, UnknownModel) as err:
             await self._end(st, msg, "failed", getattr(err, "message", str(err)))
-        except (RedisError, OSError):
+        except RedisError:  # handed back if the store answers; else the lease runs out
+            with contextlib.suppress(RedisError, OSError):
+                await self.db.release(st.id, msg, self.consumer, int(self.lease_s * 1000))
             raise
         except Exception:
             log.exception("job %s failed", st.id, extra={"fields": {"request_id": st.id}})
             await self._end(st, msg, "failed", "inference failed")
         else:
+            self._finishing.add(st.id)  # the script settles any race with a beat's news
             if not await self.db.finish(st.id, msg, self.consumer, "done", "", key, size,
                                         size + STATE_SLACK, self.ttl_s):
                 await self.db.r.delete(key)  # cancelled, or another replica finished it
@@ -311,6 +322,7 @@ class SharedJobs(JobIntake):
             self.finished.labels("done").inc()
         finally:
             entry.job = None
+            self._finishing.discard(st.id)
 
     async def _end(self, st: JobState, msg: str, status: str, error: str) -> None:
         if await self.db.finish(st.id, msg, self.consumer, status, error, "", 0, STATE_SLACK,
@@ -326,7 +338,9 @@ class SharedJobs(JobIntake):
             with os.fdopen(fd, "wb") as f:
                 await entry.in_thread(write, f)
             await self.db.r.delete(key)
-            size = await self.db.put_file(key, path)
+            # Until FINISH keeps it, the result expires by itself: a replica killed while
+            # storing it leaves nothing behind for long.
+            size = await self.db.put_file(key, path, expire_s=max(600, 4 * self.lease_s))
         finally:
             path.unlink(missing_ok=True)
             entry.writing_since = None

@@ -58,6 +58,7 @@ class Jobs(Protocol):
 
 # KEYS: bytes, reserving. ARGV: id, need, cap, deadline. -> {admitted, bytes used}
 _ADMIT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {1, 0} end  -- run twice
 local used = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do used = used + tonumber(v) end
 if used + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return {0, used} end
@@ -115,6 +116,7 @@ if not held or redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 
 redis.call('HSET', KEYS[1], 'status', ARGV[5], 'error', ARGV[6], 'result_key', ARGV[7],
            'result_bytes', ARGV[8], 'finished', ARGV[9])
 redis.call('DEL', KEYS[5])
+if ARGV[7] ~= '' then redis.call('PERSIST', ARGV[7]) end  -- kept: the sweeper removes it
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
 redis.call('ZADD', KEYS[4], ARGV[10], ARGV[4])
 return 1
@@ -131,7 +133,7 @@ end
 return 1
 """
 # KEYS: job, stream, bytes, expires, input. ARGV: group, id, now, expire at, bytes kept.
-# -> 'cancelled', 'removed' (a finished job, with its result), or nil (no such job)
+# -> {1, 'cancelled'}, {0, status} (a finished job, removed with its result), or nil
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return nil end
@@ -145,16 +147,39 @@ if st == 'queued' or st == 'running' then
     redis.call('XACK', KEYS[2], ARGV[1], msg)
     redis.call('XDEL', KEYS[2], msg)
   end
-  return 'cancelled'
+  return {1, 'cancelled'}
 end
 local result = redis.call('HGET', KEYS[1], 'result_key')
 if result then redis.call('DEL', result) end
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
-return 'removed'
+return {0, st}
 """
 # KEYS: bytes, reserving, expires. ARGV: now, prefix. -> jobs swept
+# KEYS: bytes, reserving, input, job. ARGV: id. A submission that failed before its 202 lets
+# its reservation go, unless its commit ran after all (a reply lost).
+_UNRESERVE = """
+if redis.call('HEXISTS', KEYS[4], 'msg') == 1 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+# KEYS: stream. ARGV: group, idle ms. Consumers idle that long holding nothing leave the
+# group, checked and removed at once (none can take an entry in between).
+_FORGET = """
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    n = n + 1
+  end
+end
+return n
+"""
 _SWEEP = """
 local n = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 100)) do
@@ -178,8 +203,10 @@ return n
 _COUNTS = """
 local used = 0
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do used = used + tonumber(v) end
-local counts = {}
+local counts, seen = {}, {}
 local function count(id)
+  if seen[id] then return end  -- a cancelled job still running is in both indexes
+  seen[id] = true
   local st = redis.call('HGET', ARGV[1] .. 'job:' .. id, 'status')
   if st then counts[st] = (counts[st] or 0) + 1 end
 end
@@ -224,6 +251,8 @@ class Store:
             script(_RELEASE)
         self._cancel, self._sweep, self._counts = script(_CANCEL), script(_SWEEP), \
             script(_COUNTS)
+        self._unreserve, self._forget = script(_UNRESERVE), script(_FORGET)
+        self._claim_from = "0-0"  # XAUTOCLAIM's cursor: each call scans on from the last
 
     def job(self, job_id: str) -> str:
         return f"{self.p}job:{job_id}"
@@ -251,8 +280,9 @@ class Store:
         for i in range(0, max(1, len(view)), CHUNK):
             await self.r.hset(key, str(i // CHUNK), bytes(view[i:i + CHUNK]))  # type: ignore[misc]
 
-    async def put_file(self, key: str, path: Path) -> int:
-        """A file, read and stored one chunk at a time; its size."""
+    async def put_file(self, key: str, path: Path, expire_s: float) -> int:
+        """A file, read and stored one chunk at a time, expiring after `expire_s` unless
+        persisted; its size."""
         size = 0
         with open(path, "rb") as f:
             for i in itertools.count():
@@ -260,6 +290,8 @@ class Store:
                 if not chunk and i:
                     return size
                 await self.r.hset(key, str(i), chunk)  # type: ignore[misc]
+                if i == 0:
+                    await self.r.expire(key, int(expire_s))
                 size += len(chunk)
                 if not chunk:
                     return size
@@ -281,9 +313,8 @@ class Store:
         return msg != 0
 
     async def unreserve(self, job_id: str) -> None:
-        await self.r.hdel(self.bytes_key, job_id)  # type: ignore[misc]
-        await self.r.zrem(self.reserving, job_id)
-        await self.r.delete(self.job(job_id) + ":in")
+        await self._unreserve(keys=[self.bytes_key, self.reserving, self.job(job_id) + ":in",
+                                    self.job(job_id)], args=[job_id])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -309,9 +340,7 @@ class Store:
     async def forget_idle(self, idle_s: float) -> None:
         """Consumers of replicas long gone, holding nothing, leave the group (each process
         start is a new consumer)."""
-        for c in await self.r.xinfo_consumers(self.stream, GROUP):
-            if c["pending"] == 0 and c["idle"] > idle_s * 1000:
-                await self.r.xgroup_delconsumer(self.stream, GROUP, c["name"])
+        await self._forget(keys=[self.stream], args=[GROUP, int(idle_s * 1000)])
         await self.r.zremrangebyscore(self.p + "replicas", "-inf", time.time() - idle_s)
 
     async def counts(self) -> tuple[int, dict[str, int]]:
@@ -331,8 +360,9 @@ class Store:
                    ) -> tuple[str, str] | None:
         """The next job for this replica: one whose holder's lease ran out first, else a new
         one (waiting up to block_ms); (stream id, job id)."""
-        _, claimed, _ = await self.r.xautoclaim(self.stream, GROUP, consumer, lease_ms,
-                                                "0-0", count=1)
+        cursor, claimed, _ = await self.r.xautoclaim(self.stream, GROUP, consumer, lease_ms,
+                                                     self._claim_from, count=1)
+        self._claim_from = cursor.decode() if isinstance(cursor, bytes) else cursor
         if not claimed:
             got = await self.r.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1,
                                           block=block_ms)
@@ -366,13 +396,15 @@ class Store:
         await self._release(keys=[self.job(job_id), self.stream],
                             args=[GROUP, msg, consumer, lease_ms + 1])
 
-    async def cancel(self, job_id: str, kept_bytes: int, ttl_s: float) -> str | None:
+    async def cancel(self, job_id: str, kept_bytes: int, ttl_s: float
+                     ) -> tuple[bool, str] | None:
+        """(whether a queued or running job was cancelled, the status now shown)."""
         now = time.time()
         said = await self._cancel(
             keys=[self.job(job_id), self.stream, self.bytes_key, self.expires,
                   self.job(job_id) + ":in"],
             args=[GROUP, job_id, now, now + ttl_s, kept_bytes])
-        return said.decode() if isinstance(said, bytes) else said
+        return None if said is None else (bool(said[0]), said[1].decode())
 
     async def sweep(self) -> int:
         return int(await self._sweep(keys=[self.bytes_key, self.reserving, self.expires],
