@@ -110,6 +110,11 @@ def test_any_replica_answers_and_delete_stops_a_job_on_another(
             assert (await a.delete(f"/v1/jobs/{job['id']}")).status_code == 200
             assert (await b.get(f"/v1/jobs/{job['id']}")).status_code == 404
             assert (await b.get(f"/v1/jobs/{job['id']}/result")).status_code == 404
+            # A, whose job was stopped under it, still takes the next one.
+            r = await b.post("/v1/jobs?scale=2", content=small, headers=PNG)
+            assert (await until_status(a, r.json()["id"], {"done"}))["status"] == "done"
+            assert metric((await b.get("/metrics")).text, "lsrcnn_jobs_finished_total",
+                          status="cancelled") == 1  # counted where the DELETE was answered
 
     run(main())
 
