@@ -256,3 +256,28 @@ def test_a_job_that_kills_its_replicas_fails_instead_of_a_fourth_takeover(
                           status="failed") == 1
 
     run(main())
+
+
+def test_a_stopping_replica_hands_its_job_back_at_once(redis_server: RedisServer) -> None:
+    slow = png_bytes(noise("RGB", 480, 480))
+
+    async def main() -> None:
+        # A 30 s lease: a hand-back must not wait for it.
+        app_b = make_app(tile_size=16, tile_overlap=4, jobs_store=redis_server.url)
+        idle(app_b.state.jobs)
+        async with running(app_b) as b:
+            app_a = make_app(tile_size=16, tile_overlap=4, jobs_store=redis_server.url)
+            async with running(app_a) as a:
+                job = (await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)).json()
+                await until_status(a, job["id"], {"running"})
+            # A has stopped (SIGTERM's path): the job is queued again, its attempt undone.
+            assert (await b.get(f"/v1/jobs/{job['id']}")).json()["status"] == "queued"
+            pull(app_b.state.jobs)
+            t0 = time.monotonic()
+            view = await until_status(b, job["id"], {"running", "done"})
+            assert time.monotonic() - t0 < 10
+            assert (await until_status(b, job["id"], {"done"}))["status"] == "done"
+            fields = await app_b.state.jobs.db.read(job["id"])
+            assert fields is not None and fields["attempts"] == "1", view
+
+    run(main())
