@@ -106,10 +106,11 @@ DEFAULT_ARCH = "lsrcnn"  # the only architecture so far; older files do not say
 # say are clean) or "photo" (blur, resize kernels, noise and JPEG: model.degrade).
 CLEAN, PHOTO = "clean", "photo"
 KINDS = (CLEAN, PHOTO)
-# A photo model may be specialised: "mild" (lightly compressed photos), "strong" (heavily
-# compressed or noisy ones); files that do not say are general ("": any photo).
-MILD, STRONG = "mild", "strong"
-STRENGTHS = ("", MILD, STRONG)
+# A photo model may be specialised: "mild" (lightly compressed photos), "medium" (the
+# qualities between), "strong" (heavily compressed or noisy ones); files that do not say are
+# general ("": any photo).
+MILD, MEDIUM, STRONG = "mild", "medium", "strong"
+STRENGTHS = ("", MILD, MEDIUM, STRONG)
 CARD_KEYS = ("parameters", "macs_per_lr_pixel", "training_data", "iterations",
              "validation_set", "validation_psnr", "degradations", "recipe", "precisions")
 CONFIG = "config"  # the network config as JSON (the exporter's record; not needed to serve)
@@ -130,7 +131,7 @@ class ModelDescriptor:
     arch: str = DEFAULT_ARCH
     card: dict[str, str] = field(default_factory=dict, compare=False)
     kind: str = CLEAN
-    strength: str = ""  # photo models only: "", mild or strong
+    strength: str = ""  # photo models only: "", mild, medium or strong
 
     @property
     def name(self) -> str:

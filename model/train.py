@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model import contract
 from model.contract import from_model, rgb_to_y, to_model
 from model.data import PatchSampler
 from model.degrade import PRESETS as DEGRADATIONS
@@ -60,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "below (flags given too win); data set names resolve under --datasets")
     p.add_argument("--datasets", default=None, help="folder holding the recipe's data sets")
     p.add_argument("--kind", default="clean", help="clean | photo: what the model is for")
-    p.add_argument("--strength", default="", choices=("", "mild", "strong"),
-                   help="a photo model's specialisation: mild or strong compression")
+    p.add_argument("--strength", default="", choices=contract.STRENGTHS,
+                   help="a photo model's specialisation: mild, medium or strong compression")
     p.add_argument("--preset", default="lsrcnn-lite", help="lsrcnn | lsrcnn-lite")
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     p.add_argument("--attention", default=None, help="override: none|channel|spatial|mixed")

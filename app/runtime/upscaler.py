@@ -32,16 +32,17 @@ def _malloc_trim() -> None:
 
 
 def photo_strength(settings: Settings, jpeg_quality: int | None) -> str:
-    """The photo model's strength a JPEG of this quality gets where its scale has one:
-    strong below LSRCNN_PHOTO_STRONG_BELOW, mild from LSRCNN_PHOTO_MILD_FROM, else (and for
-    images with no JPEG quality) the general photo model."""
+    """The photo model's strength a JPEG of this quality gets where its scale has one
+    (else the general photo model): strong below LSRCNN_PHOTO_STRONG_BELOW, mild from
+    LSRCNN_PHOTO_MILD_FROM, medium between; images with no JPEG quality get the general
+    one."""
     if jpeg_quality is None:
         return ""
     if jpeg_quality < settings.photo_strong_below:
         return contract.STRONG
     if jpeg_quality >= settings.photo_mild_from:
         return contract.MILD
-    return ""
+    return contract.MEDIUM
 
 
 class UnknownModel(LookupError):
