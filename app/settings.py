@@ -16,10 +16,10 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "weights"
 
 
 # Measured on Set5 and Set14 (model/weights/README.md): below this JPEG quality the photo
-# model beats the clean one; below the strong bound the strong photo model beats the
-# general one, from the mild bound the mild one does.
+# model beats the clean one; below the strong bound the strong photo model beats the medium
+# one, from the mild bound the mild one does, the medium one between.
 PHOTO_BELOW_QUALITY = 93
-PHOTO_STRONG_BELOW = 70
+PHOTO_STRONG_BELOW = 60
 PHOTO_MILD_FROM = 85
 
 

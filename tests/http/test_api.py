@@ -212,14 +212,14 @@ def test_models_and_metrics_endpoints() -> None:
             await c.post("/upscale?scale=2", content=png_bytes(noise("RGB", 30, 30)), headers=PNG)
             models = (await c.get("/v1/models")).json()["models"]
             # Every bundled file, by scale then name: per scale a clean model (the default)
-            # and a photo model, and at x2 the photo model's mild and strong strengths too.
+            # and a photo model, and at x2 the photo model's mild, medium and strong strengths.
             shipped = sorted((int(p.stem[-1]), p.stem) for p in WEIGHTS.glob("*.onnx"))
             assert [(m["scale"], m["name"]) for m in models] == shipped
             assert [m["name"] for m in models if m["default_for_scale"]] == [
                 "lsrcnn-lite-x2", "lsrcnn-lite-x3", "lsrcnn-lite-x4"]
             assert all(m["kind"] == ("photo" if "-photo" in m["name"] else "clean")
                        for m in models)
-            assert {m["strength"] for m in models} == {"", "mild", "strong"}
+            assert {m["strength"] for m in models} == {"", "mild", "medium", "strong"}
             assert all(m["arch"] == "lsrcnn" and m["ready"] for m in models)
             assert all(m["provider"] == "CPUExecutionProvider" for m in models)
             assert all(m["preset"] == "lsrcnn-lite" and "validation_psnr" in m["card"]

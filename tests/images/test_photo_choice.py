@@ -127,11 +127,12 @@ def test_a_scale_without_a_photo_model_serves_every_image_clean(tmp_path: Path) 
 
 
 def test_photo_strength_follows_the_jpeg_quality(tmp_path: Path) -> None:
-    """With the mild and strong photo models beside the general one, a JPEG below
+    """With the mild, medium and strong photo models beside the general one, a JPEG below
     LSRCNN_PHOTO_STRONG_BELOW gets the strong one, from LSRCNN_PHOTO_MILD_FROM the mild
-    one, the qualities between them the general one; kind=photo without a JPEG quality
+    one, the qualities between them the medium one; kind=photo without a JPEG quality
     (a PNG) gets the general one; a scale without strengths is unchanged."""
-    names = (CLEAN, PHOTO, "lsrcnn-lite-photo-mild-x2", "lsrcnn-lite-photo-strong-x2")
+    names = (CLEAN, PHOTO, "lsrcnn-lite-photo-mild-x2", "lsrcnn-lite-photo-medium-x2",
+             "lsrcnn-lite-photo-strong-x2")
     for name in names:
         (tmp_path / f"{name}.onnx").symlink_to(WEIGHTS / f"{name}.onnx")
 
@@ -140,9 +141,12 @@ def test_photo_strength_follows_the_jpeg_quality(tmp_path: Path) -> None:
             models = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
             assert models["lsrcnn-lite-photo-strong-x2"]["strength"] == "strong"
             assert models[PHOTO]["strength"] == "" and models[CLEAN]["strength"] == ""
+            assert models["lsrcnn-lite-photo-medium-x2"]["strength"] == "medium"
+            medium = "lsrcnn-lite-photo-medium-x2"
             for quality, want in ((30, "lsrcnn-lite-photo-strong-x2"),
-                                  (60, "lsrcnn-lite-photo-strong-x2"), (75, PHOTO),
-                                  (80, PHOTO), (85, "lsrcnn-lite-photo-mild-x2"),
+                                  (55, "lsrcnn-lite-photo-strong-x2"), (60, medium),
+                                  (75, medium), (80, medium),
+                                  (85, "lsrcnn-lite-photo-mild-x2"),
                                   (90, "lsrcnn-lite-photo-mild-x2"), (95, CLEAN)):
                 r = await c.post("/upscale?scale=2", content=png_bytes(CROP, "JPEG",
                                                                       quality=quality),

@@ -95,12 +95,14 @@ def test_the_recorded_bf16_figures_are_what_openvino_gives(set5: Path) -> None:
 # The strengths (model/weights/README.md): each beats the general photo model where the
 # service sends it, with a floor about 0.2 dB under its shipped score on Set5.
 STRENGTH_CASES = [("lsrcnn-lite-photo-strong-x2", 2, "jpeg:50", 31.7),
+                  ("lsrcnn-lite-photo-medium-x2", 2, "jpeg:75", 33.1),
+                  ("lsrcnn-lite-photo-medium-x2", 2, "noise:5,jpeg:75", 32.75),
                   ("lsrcnn-lite-photo-mild-x2", 2, "jpeg:90", 34.7),
                   ("lsrcnn-lite-photo-strong-x3", 3, "jpeg:50", 29.1)]
 
 
 @pytest.mark.parametrize(("name", "scale", "degrade", "floor"), STRENGTH_CASES,
-                         ids=[c[0] for c in STRENGTH_CASES])
+                         ids=[f"{c[0]}-{c[2]}" for c in STRENGTH_CASES])
 def test_a_photo_strength_beats_the_general_model_where_it_is_sent(
         set5: Path, name: str, scale: int, degrade: str, floor: float) -> None:
     from model.degrade import parse_chain

@@ -117,5 +117,5 @@ def test_needs_no_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     names = [p.name for p in tmp_path.iterdir()]
     assert len(names) == len(list(WEIGHTS.glob("*.onnx")))
-    assert all(re.fullmatch(r"lsrcnn(-lite)?(-photo(-mild|-strong)?)?-x[234]", n)
+    assert all(re.fullmatch(r"lsrcnn(-lite)?(-photo(-mild|-medium|-strong)?)?-x[234]", n)
                for n in names), names
