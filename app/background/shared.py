@@ -42,6 +42,17 @@ log = logging.getLogger("app.background.shared")
 MAX_DELIVERIES = 3
 # Consumers (one per process start) idle this long with nothing pending are removed.
 FORGET_AFTER_S = 24 * 3600
+# A stop cancels the loops up to this many times, waiting this long after each.
+STOP_TRIES, STOP_WAIT_S = 3, 5.0
+
+
+def _raise_if_stopping() -> None:
+    """Called where a store error is waited out: the Redis client may turn a cancellation
+    that meets a failing or timing-out call into its own error, and a loop that went on
+    after it would never stop (seen with redis 8.1). The task still says it is cancelling."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class SharedJobs(JobIntake):
@@ -64,6 +75,7 @@ class SharedJobs(JobIntake):
         self._counts: dict[str, int] = {}
         self._used, self._live = 0, 1
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         metrics.watch_jobs(lambda st: self._counts.get(st, 0), lambda: self._used, STATUSES)
         self.taken_over = metrics.jobs_taken_over
 
@@ -75,13 +87,23 @@ class SharedJobs(JobIntake):
                        asyncio.create_task(self._sweep_forever())]
 
     async def stop(self) -> None:
-        """Stop; a job running here is handed back at once for another replica."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.db.close()
+        """Stop; a job running here is handed back at once for another replica. Bounded: a
+        loop that a client library kept from seeing its cancellation is cancelled again,
+        and one that still does not end is left behind with a warning, not waited for."""
+        self._stopping = True
+        pending = {t for t in self._tasks if not t.done()}
+        for _ in range(STOP_TRIES):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
+        if pending:
+            log.warning("%d jobs loop(s) did not stop in time", len(pending))
+        try:
+            await asyncio.wait_for(self.db.close(), STOP_WAIT_S)
+        except (RedisError, OSError, TimeoutError) as err:
+            log.warning("closing the jobs store: %s", err)
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = {"store": self.store, "available": self.available}
@@ -205,7 +227,7 @@ class SharedJobs(JobIntake):
 
     async def _run_forever(self) -> None:
         lease_ms, grouped, seen_at = int(self.lease_s * 1000), False, 0.0
-        while True:
+        while not self._stopping:
             try:
                 if not grouped:  # at start, and after any error (a Redis that lost it)
                     await self.db.ensure_group()
@@ -221,10 +243,12 @@ class SharedJobs(JobIntake):
                 if got is not None:
                     await self._run_one(*got)
             except (RedisError, OSError) as err:
+                _raise_if_stopping()
                 self._down(err)
                 grouped = False
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not stop this replica's jobs for good
+                _raise_if_stopping()
                 log.exception("the jobs loop failed; going on")
                 await asyncio.sleep(1.0)
 
@@ -276,6 +300,7 @@ class SharedJobs(JobIntake):
                                           round(self._left_s(entry), 2))
                 await self.db.seen(self.consumer)  # busy is alive: queued etas count it
             except (RedisError, OSError) as err:
+                _raise_if_stopping()
                 self._down(err)
                 continue
             if said != "running" and entry.state.id not in self._finishing:
@@ -351,10 +376,14 @@ class SharedJobs(JobIntake):
         """Jobs past their time to live, and submissions whose replica died, go; the gauges
         are refreshed from the store."""
         for beat in itertools.count():
-            with contextlib.suppress(RedisError, OSError):
+            if self._stopping:
+                return
+            try:
                 await self.db.sweep()
                 self._used, self._counts = await self.db.counts()
                 self._live = await self.db.live_replicas(self.lease_s)
                 if beat % 300 == 0:  # every 10 minutes
                     await self.db.forget_idle(FORGET_AFTER_S)
+            except (RedisError, OSError):
+                _raise_if_stopping()
             await asyncio.sleep(2.0)

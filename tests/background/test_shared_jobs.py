@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.background.shared import SharedJobs
 from app.background.store import CHUNK, Store
@@ -61,6 +62,15 @@ def idle(jobs: SharedJobs) -> None:
 
 def pull(jobs: SharedJobs) -> None:
     jobs._may_pull = lambda: True  # type: ignore[method-assign]
+
+
+def never_done(jobs: SharedJobs) -> None:
+    """This replica's jobs run until it stops or dies: however fast the machine, it is
+    still running them then."""
+    async def forever(*_args: object, **_kwargs: object) -> int:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+    jobs.pipeline.to_file = forever  # type: ignore[method-assign]
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -124,6 +134,7 @@ def test_a_dead_replicas_job_is_taken_over_after_the_lease(redis_server: RedisSe
 
     async def main() -> None:
         async with replicas(redis_server.url, job_lease_s=1.0) as [(a, jobs_a), (b, jobs_b)]:
+            never_done(jobs_a)  # dies running it
             job = (await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)).json()
             await until_status(b, job["id"], {"running"})
 
@@ -267,6 +278,7 @@ def test_a_stopping_replica_hands_its_job_back_at_once(redis_server: RedisServer
         idle(app_b.state.jobs)
         async with running(app_b) as b:
             app_a = make_app(tile_size=16, tile_overlap=4, jobs_store=redis_server.url)
+            never_done(app_a.state.jobs)  # A stops with the job running, however fast
             async with running(app_a) as a:
                 job = (await a.post("/v1/jobs?scale=2", content=slow, headers=PNG)).json()
                 await until_status(a, job["id"], {"running"})
@@ -279,5 +291,29 @@ def test_a_stopping_replica_hands_its_job_back_at_once(redis_server: RedisServer
             assert (await until_status(b, job["id"], {"done"}))["status"] == "done"
             fields = await app_b.state.jobs.db.read(job["id"])
             assert fields is not None and fields["attempts"] == "1", view
+
+    run(main())
+
+
+def test_a_stop_ends_even_when_the_client_turns_its_cancel_into_an_error(
+        redis_server: RedisServer) -> None:
+    """redis 8.1 was seen raising its own error for a call cancelled mid-flight; a loop that
+    waited that error out never stopped, and neither did the process."""
+    async def cancel_becomes_an_error(*_args: object, **_kwargs: object) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RedisConnectionError("Connection closed by server.") from None
+
+    async def main() -> None:
+        jobs = make_app(jobs_store=redis_server.url).state.jobs
+        pull(jobs)
+        jobs.db.take = jobs.db.sweep = cancel_becomes_an_error  # type: ignore[method-assign]
+        await jobs.start()
+        await asyncio.sleep(0.5)  # both loops are inside such a call now
+        t0 = time.monotonic()
+        await asyncio.wait_for(jobs.stop(), 20)
+        assert time.monotonic() - t0 < 2
+        assert all(task.done() for task in jobs._tasks)
 
     run(main())
