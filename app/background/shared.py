@@ -46,14 +46,6 @@ FORGET_AFTER_S = 24 * 3600
 STOP_TRIES, STOP_WAIT_S = 3, 5.0
 
 
-def _raise_if_stopping() -> None:
-    """Called where a store error is waited out: the Redis client may turn a cancellation
-    that meets a failing or timing-out call into its own error, and a loop that went on
-    after it would never stop (seen with redis 8.1). The task still says it is cancelling."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
 
 class SharedJobs(JobIntake):
     store = "redis"
@@ -92,18 +84,32 @@ class SharedJobs(JobIntake):
         and one that still does not end is left behind with a warning, not waited for."""
         self._stopping = True
         pending = {t for t in self._tasks if not t.done()}
-        for _ in range(STOP_TRIES):
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
-        if pending:
-            log.warning("%d jobs loop(s) did not stop in time", len(pending))
         try:
-            await asyncio.wait_for(self.db.close(), STOP_WAIT_S)
-        except (RedisError, OSError, TimeoutError) as err:
-            log.warning("closing the jobs store: %s", err)
+            for _ in range(STOP_TRIES):
+                if not pending:
+                    break
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=STOP_WAIT_S)
+            for task in pending:
+                log.warning("a jobs loop did not stop in time: %r", task)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.error("a jobs loop had ended", exc_info=task.exception())
+        finally:
+            try:
+                await asyncio.wait_for(self.db.close(), STOP_WAIT_S)
+            except (RedisError, OSError, TimeoutError) as err:
+                log.warning("closing the jobs store: %s", err)
+
+    def _raise_if_stopping(self) -> None:
+        """Called where a store error is waited out: the Redis client may turn a
+        cancellation that meets a failing or timing-out call into its own error, and a loop
+        that went on after it would never stop (seen with redis 8.1). The task still says it
+        is cancelling; the flag covers a layer that took the cancellation back."""
+        task = asyncio.current_task()
+        if self._stopping or (task is not None and task.cancelling()):
+            raise asyncio.CancelledError
 
     def health(self) -> dict[str, Any]:
         body: dict[str, Any] = {"store": self.store, "available": self.available}
@@ -243,20 +249,27 @@ class SharedJobs(JobIntake):
                 if got is not None:
                     await self._run_one(*got)
             except (RedisError, OSError) as err:
-                _raise_if_stopping()
+                self._raise_if_stopping()
                 self._down(err)
                 grouped = False
                 await asyncio.sleep(1.0)
             except Exception:  # a bug must not stop this replica's jobs for good
-                _raise_if_stopping()
+                self._raise_if_stopping()
                 log.exception("the jobs loop failed; going on")
                 await asyncio.sleep(1.0)
 
     async def _run_one(self, msg: str, job_id: str) -> None:
+        if self._stopping:  # taken just as this replica began to stop: straight back
+            await self._hand_back(job_id, msg)
+            return
         attempt = await self.db.start(job_id, msg, self.consumer)
         if not attempt:
             return  # cancelled or removed while queued
-        fields = await self.db.read(job_id)
+        try:
+            fields = await self.db.read(job_id)
+        except asyncio.CancelledError:
+            await self._hand_back(job_id, msg)
+            raise
         if fields is None:
             return
         st = JobState.from_json(fields["state"].encode())
@@ -277,16 +290,23 @@ class SharedJobs(JobIntake):
             current = asyncio.current_task()
             if current is None or not current.cancelling():
                 return  # the job's own task ended cancelled (its beat stopped it): go on
-            # This replica is stopping: hand the job back for another replica.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(RedisError, OSError):
-                await self.db.release(job_id, msg, self.consumer, int(self.lease_s * 1000))
+            # This replica is stopping: hand the job back for another replica. The beat
+            # ends first: one landing after the hand-back would hold the job a lease more.
+            for child in (beat, task):
+                child.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await child
+            await self._hand_back(job_id, msg)
             raise
         finally:
             beat.cancel()
             self.entries.pop(job_id, None)
+
+    async def _hand_back(self, job_id: str, msg: str) -> None:
+        """Queued again at once for another replica, the attempt not counted; a store that
+        does not answer leaves it to the lease."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.db.release(job_id, msg, self.consumer, int(self.lease_s * 1000))
 
     async def _beat(self, entry: Entry, msg: str, task: asyncio.Task) -> None:
         """Hold the lease, publish progress, and stop the job if it was cancelled or taken
@@ -300,7 +320,7 @@ class SharedJobs(JobIntake):
                                           round(self._left_s(entry), 2))
                 await self.db.seen(self.consumer)  # busy is alive: queued etas count it
             except (RedisError, OSError) as err:
-                _raise_if_stopping()
+                self._raise_if_stopping()
                 self._down(err)
                 continue
             if said != "running" and entry.state.id not in self._finishing:
@@ -328,12 +348,11 @@ class SharedJobs(JobIntake):
                 return
             raise
         except Busy:  # the scheduler is stopping: hand the job back for another replica
-            await self.db.release(st.id, msg, self.consumer, int(self.lease_s * 1000))
+            await self._hand_back(st.id, msg)
         except (ImageError, TooLarge, UnknownModel) as err:
             await self._end(st, msg, "failed", getattr(err, "message", str(err)))
         except RedisError:  # handed back if the store answers; else the lease runs out
-            with contextlib.suppress(RedisError, OSError):
-                await self.db.release(st.id, msg, self.consumer, int(self.lease_s * 1000))
+            await self._hand_back(st.id, msg)
             raise
         except Exception:
             log.exception("job %s failed", st.id, extra={"fields": {"request_id": st.id}})
@@ -385,5 +404,5 @@ class SharedJobs(JobIntake):
                 if beat % 300 == 0:  # every 10 minutes
                     await self.db.forget_idle(FORGET_AFTER_S)
             except (RedisError, OSError):
-                _raise_if_stopping()
+                self._raise_if_stopping()
             await asyncio.sleep(2.0)

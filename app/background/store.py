@@ -97,9 +97,10 @@ end
 # -> 'running', or why the holder must stop: 'lost' (taken over), 'cancelled', 'gone'
 _BEAT = _MINE + """
 if not mine(KEYS[2], ARGV[1], ARGV[2], ARGV[3]) then return 'lost' end
-redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 local st = redis.call('HGET', KEYS[1], 'status')
+-- Status first: a beat that lands after a hand-back must not make the job look held.
 if st ~= 'running' then return st or 'gone' end
+redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 redis.call('HSET', KEYS[1], 'tiles_done', ARGV[4], 'eta_s', ARGV[5], 'beat_at', ARGV[6])
 return 'running'
 """

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app.background import shared
 from app.background.shared import SharedJobs
 from app.background.store import CHUNK, Store
 from tests.helpers import (
@@ -295,25 +296,70 @@ def test_a_stopping_replica_hands_its_job_back_at_once(redis_server: RedisServer
     run(main())
 
 
+
+@pytest.mark.parametrize("swallowed", [0, 1])
 def test_a_stop_ends_even_when_the_client_turns_its_cancel_into_an_error(
-        redis_server: RedisServer) -> None:
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, swallowed: int) -> None:
     """redis 8.1 was seen raising its own error for a call cancelled mid-flight; a loop that
-    waited that error out never stopped, and neither did the process."""
-    async def cancel_becomes_an_error(*_args: object, **_kwargs: object) -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            raise RedisConnectionError("Connection closed by server.") from None
+    waited that error out never stopped, and neither did the process. With `swallowed`, the
+    first cancellation is lost outright: the stop cancels again after its wait."""
+    monkeypatch.setattr(shared, "STOP_WAIT_S", 2.0)
 
     async def main() -> None:
-        jobs = make_app(jobs_store=redis_server.url).state.jobs
+        app = make_app(jobs_store=redis_server.url)  # kept: its spool goes with it
+        jobs: SharedJobs = app.state.jobs
+        inside = {"take": asyncio.Event(), "sweep": asyncio.Event()}
+
+        def cancel_becomes_an_error(name: str):  # type: ignore[no-untyped-def]
+            async def call(*_args: object, **_kwargs: object) -> None:
+                inside[name].set()
+                lost = swallowed
+                while True:
+                    try:
+                        await asyncio.sleep(60)
+                    except asyncio.CancelledError:
+                        if lost:
+                            lost -= 1
+                            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                            continue
+                        raise RedisConnectionError("Connection closed by server.") from None
+            return call
+
         pull(jobs)
-        jobs.db.take = jobs.db.sweep = cancel_becomes_an_error  # type: ignore[method-assign]
+        jobs.db.take = cancel_becomes_an_error("take")  # type: ignore[method-assign]
+        jobs.db.sweep = cancel_becomes_an_error("sweep")  # type: ignore[method-assign]
         await jobs.start()
-        await asyncio.sleep(0.5)  # both loops are inside such a call now
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in inside.values())), 10)
         t0 = time.monotonic()
         await asyncio.wait_for(jobs.stop(), 20)
-        assert time.monotonic() - t0 < 2
-        assert all(task.done() for task in jobs._tasks)
+        # At the first cancellation that reaches them; else after one more wait.
+        assert time.monotonic() - t0 < 2.0 * swallowed + 1.5
+        # Ended by their cancellation, not by a return that would hide a swallowed one.
+        assert all(task.cancelled() for task in jobs._tasks)
+
+    run(main())
+
+
+def test_a_beat_that_lands_after_the_hand_back_leaves_the_job_to_be_taken(
+        redis_server: RedisServer) -> None:
+    """A stopping replica's last beat may reach Redis after its hand-back (a retried send):
+    it must not make the job look held again, or it would wait a whole lease."""
+    async def main() -> None:
+        db = Store(redis_server.url)
+        try:
+            await db.ensure_group()
+            assert (await db.admit("j", 10, 1000))[0]
+            assert await db.commit("j", b"{}", 1.0)
+            lease_ms = 60_000
+            got = await db.take("a", lease_ms, block_ms=100)
+            assert got is not None and got[1] == "j"
+            msg = got[0]
+            assert await db.start("j", msg, "a") == 1
+            await db.release("j", msg, "a", lease_ms)
+            assert await db.beat("j", msg, "a", 5, 1.0) == "queued"
+            assert await db.take("b", lease_ms, block_ms=100) == (msg, "j")
+            assert await db.start("j", msg, "b") == 1  # the hand-back was not an attempt
+        finally:
+            await db.close()
 
     run(main())
