@@ -42,6 +42,8 @@ log = logging.getLogger("app.background.shared")
 MAX_DELIVERIES = 3
 # Consumers (one per process start) idle this long with nothing pending are removed.
 FORGET_AFTER_S = 24 * 3600
+# What a beat says that stops the job here for good (not a stop of this replica).
+TOLD_TO_STOP = ("cancelled", "lost", "gone")
 # A stop cancels the loops up to this many times, waiting this long after each.
 STOP_TRIES, STOP_WAIT_S = 3, 5.0
 
@@ -331,7 +333,8 @@ class SharedJobs(JobIntake):
 
     async def _execute(self, entry: Entry, msg: str, attempt: int) -> None:
         st = entry.state
-        key = f"{self.db.job(st.id)}:out:{attempt}"
+        key = self.db.result_key(st.id, attempt)
+        kept: bool | None = False  # None: a finish whose answer was lost (it may have run)
         try:
             chunks = await self.db.get_chunks(self.db.job(st.id) + ":in")
             data = await asyncio.to_thread(b"".join, chunks)
@@ -342,8 +345,7 @@ class SharedJobs(JobIntake):
                 planned, st.id, lambda write: self._store_result(entry, key, write),
                 on_admit=lambda work: setattr(entry, "job", work))
         except asyncio.CancelledError:
-            if st.error in ("cancelled", "lost", "gone"):  # told by the beat: not a stop
-                await self.db.r.delete(key)  # a result stored in part, or whole
+            if st.error in TOLD_TO_STOP:  # by the beat: not a stop
                 await self._end(st, msg, "cancelled", "")
                 return
             raise
@@ -351,22 +353,29 @@ class SharedJobs(JobIntake):
             await self._hand_back(st.id, msg)
         except (ImageError, TooLarge, UnknownModel) as err:
             await self._end(st, msg, "failed", getattr(err, "message", str(err)))
-        except RedisError:  # handed back if the store answers; else the lease runs out
-            await self._hand_back(st.id, msg)
+        except RedisError:
+            if st.error in TOLD_TO_STOP:  # the client's own error for the beat's cancel
+                await self._end(st, msg, "cancelled", "")
+                return
+            await self._hand_back(st.id, msg)  # if the store answers; else the lease runs out
             raise
         except Exception:
             log.exception("job %s failed", st.id, extra={"fields": {"request_id": st.id}})
             await self._end(st, msg, "failed", "inference failed")
         else:
             self._finishing.add(st.id)  # the script settles any race with a beat's news
-            if not await self.db.finish(st.id, msg, self.consumer, "done", "", key, size,
-                                        size + STATE_SLACK, self.ttl_s):
-                await self.db.r.delete(key)  # cancelled, or another replica finished it
-                return
-            self.finished.labels("done").inc()
+            kept = None
+            # Not kept: cancelled meanwhile, or the job is another replica's now.
+            kept = await self.db.finish(st.id, msg, self.consumer, "done", "", key, size,
+                                        size + STATE_SLACK, self.ttl_s)
+            if kept:
+                self.finished.labels("done").inc()
         finally:
             entry.job = None
             self._finishing.discard(st.id)
+            if kept is False:  # a result stored in part, or one not kept: never left behind
+                with contextlib.suppress(RedisError, OSError):
+                    await self.db.r.delete(key)
 
     async def _end(self, st: JobState, msg: str, status: str, error: str) -> None:
         if await self.db.finish(st.id, msg, self.consumer, status, error, "", 0, STATE_SLACK,

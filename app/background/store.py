@@ -118,6 +118,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[5], 'error', ARGV[6], 'result_key', A
            'result_bytes', ARGV[8], 'finished', ARGV[9])
 redis.call('DEL', KEYS[5])
 if ARGV[7] ~= '' then redis.call('PERSIST', ARGV[7]) end  -- kept: the sweeper removes it
+-- What earlier attempts stored in part (their replica died, or lost the store) goes now,
+-- not when it expires.
+for a = 1, tonumber(redis.call('HGET', KEYS[1], 'attempts') or 0) do
+  local k = KEYS[1] .. ':out:' .. a
+  if k ~= ARGV[7] then redis.call('DEL', k) end
+end
 redis.call('HSET', KEYS[3], ARGV[4], ARGV[11])
 redis.call('ZADD', KEYS[4], ARGV[10], ARGV[4])
 return 1
@@ -258,6 +264,10 @@ class Store:
     def job(self, job_id: str) -> str:
         return f"{self.p}job:{job_id}"
 
+    def result_key(self, job_id: str, attempt: int) -> str:
+        """Where an attempt stores its result (FINISH removes the other attempts' by it)."""
+        return f"{self.job(job_id)}:out:{attempt}"
+
     async def close(self) -> None:
         await self.r.aclose()
 
@@ -290,9 +300,13 @@ class Store:
                 chunk = await asyncio.to_thread(f.read, CHUNK)
                 if not chunk and i:
                     return size
-                await self.r.hset(key, str(i), chunk)  # type: ignore[misc]
-                if i == 0:
-                    await self.r.expire(key, int(expire_s))
+                if i == 0:  # never without its expiry, even if the store dies right after
+                    async with self.r.pipeline(transaction=True) as pipe:
+                        pipe.hset(key, "0", chunk)
+                        pipe.expire(key, int(expire_s))
+                        await pipe.execute()
+                else:
+                    await self.r.hset(key, str(i), chunk)  # type: ignore[misc]
                 size += len(chunk)
                 if not chunk:
                     return size

@@ -363,3 +363,31 @@ def test_a_beat_that_lands_after_the_hand_back_leaves_the_job_to_be_taken(
             await db.close()
 
     run(main())
+
+
+def test_a_finish_removes_what_earlier_attempts_stored(redis_server: RedisServer) -> None:
+    """A replica that lost the store (or died) while storing its result leaves part of it;
+    the attempt that finishes the job removes it, rather than leaving it to expire."""
+    async def main() -> None:
+        db = Store(redis_server.url)
+        try:
+            await db.ensure_group()
+            assert (await db.admit("j", 10, 1000))[0]
+            assert await db.commit("j", b"{}", 1.0)
+            got = await db.take("a", 60_000, block_ms=100)
+            assert got is not None
+            msg = got[0]
+            assert await db.start("j", msg, "a") == 1
+            await db.r.hset(db.result_key("j", 1), "0", b"part of a result")
+            await db.r.expire(db.result_key("j", 1), 600)
+            assert await db.take("b", 0, block_ms=100) == (msg, "j")  # a's lease is over
+            assert await db.start("j", msg, "b") == 2
+            await db.r.hset(db.result_key("j", 2), "0", b"the result")
+            assert await db.finish("j", msg, "b", "done", "", db.result_key("j", 2), 10, 10,
+                                   3600)
+            assert await db.r.keys(db.job("j") + ":out:*") == [
+                db.result_key("j", 2).encode()]
+        finally:
+            await db.close()
+
+    run(main())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -51,6 +52,8 @@ class Topology:
         shutil.copy(WEIGHTS / "lsrcnn-lite-x2.onnx", models)
         self.env = {"LSRCNN_JOBS_STORE": self.redis.url, "LSRCNN_JOB_LEASE_S": str(LEASE_S),
                     "LSRCNN_MODEL_DIR": str(models), "LSRCNN_WORKERS": "1"}
+        # Each replica's log (appended across a restart), printed if the test fails.
+        self.logs = [tmp / "replica1.log", tmp / "replica2.log"]
         self.ports = [free_port(), free_port()]
         self.procs: list[subprocess.Popen | None] = [None, None]
         self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
@@ -66,7 +69,17 @@ class Topology:
         self.until_both_up()
 
     def start(self, i: int) -> None:
-        self.procs[i], _ = start_server("app", self.env, port=self.ports[i])
+        with open(self.logs[i], "ab") as log:
+            self.procs[i], _ = start_server("app", self.env, port=self.ports[i],
+                                            output=log.fileno())
+
+    def print_logs(self) -> None:
+        """What the replicas said about jobs and the store (pytest shows it on failure)."""
+        for path in self.logs:
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if re.search(r"job|store|warn|error", line, re.IGNORECASE)]
+            print(f"--- {path.name}, {len(lines)} lines about jobs, the last 80:")
+            print("\n".join(lines[-80:]))
 
     def until_both_up(self) -> None:
         """Until the balancer has sent requests to both replicas (its checks passed)."""
@@ -104,6 +117,7 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         yield t
     finally:
         t.close()
+        t.print_logs()
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -212,4 +226,5 @@ def test_two_replicas_behind_haproxy_share_jobs_and_lose_none(topology: Topology
     for job_id in ids:
         fields = store.hgetall(f"lsrcnn:job:{job_id}")
         assert fields[b"status"] == b"done", job_id
-        assert len(store.keys(f"lsrcnn:job:{job_id}:out:*")) == 1
+        results = store.keys(f"lsrcnn:job:{job_id}:out:*")
+        assert len(results) == 1, (job_id, job_id == victim_id, results, fields)
