@@ -340,6 +340,18 @@ def test_a_stop_ends_even_when_the_client_turns_its_cancel_into_an_error(
     run(main())
 
 
+async def queued_and_started(db: Store, job_id: str, consumer: str) -> str:
+    """A job submitted, taken and started (its first attempt) by `consumer`, as the
+    replicas do it, straight on the store; its stream id."""
+    await db.ensure_group()
+    assert (await db.admit(job_id, 10, 1000))[0]
+    assert await db.commit(job_id, b"{}", 1.0)
+    got = await db.take(consumer, 60_000, block_ms=100)
+    assert got is not None and got[1] == job_id
+    assert await db.start(job_id, got[0], consumer) == 1
+    return got[0]
+
+
 def test_a_beat_that_lands_after_the_hand_back_leaves_the_job_to_be_taken(
         redis_server: RedisServer) -> None:
     """A stopping replica's last beat may reach Redis after its hand-back (a retried send):
@@ -347,14 +359,8 @@ def test_a_beat_that_lands_after_the_hand_back_leaves_the_job_to_be_taken(
     async def main() -> None:
         db = Store(redis_server.url)
         try:
-            await db.ensure_group()
-            assert (await db.admit("j", 10, 1000))[0]
-            assert await db.commit("j", b"{}", 1.0)
             lease_ms = 60_000
-            got = await db.take("a", lease_ms, block_ms=100)
-            assert got is not None and got[1] == "j"
-            msg = got[0]
-            assert await db.start("j", msg, "a") == 1
+            msg = await queued_and_started(db, "j", "a")
             await db.release("j", msg, "a", lease_ms)
             assert await db.beat("j", msg, "a", 5, 1.0) == "queued"
             assert await db.take("b", lease_ms, block_ms=100) == (msg, "j")
@@ -371,13 +377,7 @@ def test_a_finish_removes_what_earlier_attempts_stored(redis_server: RedisServer
     async def main() -> None:
         db = Store(redis_server.url)
         try:
-            await db.ensure_group()
-            assert (await db.admit("j", 10, 1000))[0]
-            assert await db.commit("j", b"{}", 1.0)
-            got = await db.take("a", 60_000, block_ms=100)
-            assert got is not None
-            msg = got[0]
-            assert await db.start("j", msg, "a") == 1
+            msg = await queued_and_started(db, "j", "a")
             await db.r.hset(db.result_key("j", 1), "0", b"part of a result")
             await db.r.expire(db.result_key("j", 1), 600)
             assert await db.take("b", 0, block_ms=100) == (msg, "j")  # a's lease is over
