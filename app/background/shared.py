@@ -3,8 +3,9 @@ answers any job's status, result and DELETE; a replica pulls the next job only w
 own request work allows; a job held by a replica that dies is taken over after the lease.
 
 Delivery is at least once: a replica that stalls past its lease may still be running a job
-another has taken over; the first to finish it wins (its result is the one kept), the
-other's result is thrown away, and both are the same pixels.
+another has taken over; only the replica holding the job when it finishes records its
+result (the FINISH script checks), the stale one's is thrown away, and both are the same
+pixels.
 """
 
 from __future__ import annotations
